@@ -1,0 +1,420 @@
+"""The Llama 3.1 Transformer, on fairscale's model-parallel layers, with a fixed-shape KV cache.
+
+What it does: RMSNorm; grouped-query attention through `torch.nn.functional.scaled_dot_product_attention`
+with rotary embeddings in Meta's interleaved layout and Llama 3.1's RoPE scaling; a SwiGLU feed-forward;
+float32 logits. Linear layers and the embedding are fairscale's `ColumnParallelLinear`,
+`RowParallelLinear` and `VocabParallelEmbedding`, so the same code runs model-parallel under torchrun; a
+single process needs no set-up (`ensure_model_parallel` starts a world-size-1 group). Parameter names
+match Meta's `consolidated.*.pth` exactly.
+
+The KV cache is a `KVCache` module per layer with buffers `[B, n_local_kv_heads, max_seq_len, head_dim]`,
+allocated only by `Transformer.setup_cache` and written in place at `start_pos`. Without a cache,
+`forward(tokens, 0)` runs plain causal attention (scoring, tests). The RoPE cos/sin table is a float32
+buffer that is never saved and is rebuilt whenever the module moves (`.to`, `.to_empty`, `.cuda`), so a
+`.to(torch.bfloat16)` never rounds it.
+
+Build on `torch.device("meta")` to load a checkpoint without allocating twice (see `checkpoint.py`);
+on any other device the weights get a random initialisation (`init_weights`).
+
+What it does not do: sampling or generation loops (`generation.py`), reading files (`checkpoint.py`),
+training utilities, quantisation, or vision layers. Decode with the cache under
+`torch.inference_mode()`; the cache keeps no autograd history by design.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from llama_agents.errors import UsageError
+from llama_agents.llama._parallel import ensure_model_parallel
+from llama_agents.llama.args import ModelArgs
+
+__all__ = [
+    "Attention",
+    "FeedForward",
+    "KVCache",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "Transformer",
+    "TransformerBlock",
+    "apply_rotary_emb",
+    "rope_frequencies",
+]
+
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def _keep(weight: torch.Tensor) -> torch.Tensor:
+    """fairscale init_method that leaves the weight alone (`init_weights` or a checkpoint fills it)."""
+    return weight
+
+
+class _FactoriesOnMeta(TorchDispatchMode):
+    """Send every tensor factory call to the meta device.
+
+    fairscale's layers allocate with the legacy `torch.Tensor(rows, cols)` constructor, which ignores the
+    `with torch.device(...)` context; this mode catches those allocations too, so building even the 405B
+    shapes allocates nothing. Used only inside `_allocate_on_meta()`.
+    """
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if "device" in kwargs:
+            kwargs["device"] = torch.device("meta")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _allocate_on_meta() -> Iterator[None]:
+    with torch.device("meta"), _FactoriesOnMeta():
+        yield
+
+
+def rope_frequencies(args: ModelArgs, device: torch.device | str | None = None) -> torch.Tensor:
+    """The `head_dim // 2` RoPE inverse frequencies (float32), with Llama 3.1 scaling when enabled.
+
+    Scaling: wavelengths shorter than `original_max / high_freq_factor` are kept, longer than
+    `original_max / low_freq_factor` are divided by `factor`, and the band between is interpolated.
+    """
+    hd = args.head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
+    if not args.use_scaled_rope:
+        return freqs
+    factor, low, high = args.rope_scale_factor, args.rope_low_freq_factor, args.rope_high_freq_factor
+    old_len = args.rope_original_max_position
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / freqs
+    scaled = torch.where(wavelen > low_freq_wavelen, freqs / factor, freqs)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(in_band, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Float32 cos/sin tables `[max_seq_len, head_dim // 2]`; not saved, rebuilt whenever moved."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.register_buffer("cos", torch.empty(args.max_seq_len, args.head_dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(args.max_seq_len, args.head_dim // 2), persistent=False)
+
+    def rebuild(self, device: torch.device | str | None = None) -> None:
+        """Compute the tables on `device` (default: where they are now), in float32."""
+        device = torch.device(device) if device is not None else self.cos.device
+        if device.type == "meta":
+            self.cos = torch.empty(self.cos.shape, device=device)
+            self.sin = torch.empty(self.sin.shape, device=device)
+            return
+        freqs = rope_frequencies(self.args, device)
+        t = torch.arange(self.args.max_seq_len, device=device, dtype=torch.float32)
+        angles = torch.outer(t, freqs)
+        self.cos, self.sin = torch.cos(angles), torch.sin(angles)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> RotaryEmbedding:
+        super()._apply(fn, recurse)
+        self.rebuild()  # back to float32, with real values after to_empty()
+        return self
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x [B, T, H, head_dim]` in Meta's interleaved layout (pairs `(2i, 2i+1)`), in float32."""
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 and cast back, then scaled by `weight`."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class KVCache(nn.Module):
+    """Fixed-shape key/value buffers `[max_batch_size, n_kv_heads, max_seq_len, head_dim]` for one layer."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        n_kv_heads: int,
+        max_seq_len: int,
+        head_dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (max_batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write `k, v [B, n_kv_heads, T, head_dim]` at positions `start_pos..start_pos+T-1`.
+
+        Returns views of keys and values for positions `0..start_pos+T-1` of the first `B` rows.
+        """
+        bsz, _, seqlen, _ = k.shape
+        end = start_pos + seqlen
+        if bsz > self.max_batch_size or end > self.max_seq_len or start_pos < 0:
+            raise UsageError(
+                f"KV cache holds {self.max_batch_size} sequences of {self.max_seq_len} positions; cannot "
+                f"write {bsz} x positions {start_pos}..{end - 1} (call setup_cache with larger sizes)"
+            )
+        self.k[:bsz, :, start_pos:end] = k
+        self.v[:bsz, :, start_pos:end] = v
+        return self.k[:bsz, :, :end], self.v[:bsz, :, :end]
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention; this rank holds `n_heads / mp` query and `n_kv_heads / mp` kv heads."""
+
+    def __init__(self, args: ModelArgs, model_parallel_size: int) -> None:
+        super().__init__()
+        self.head_dim = args.head_dim
+        self.n_local_heads = args.n_heads // model_parallel_size
+        self.n_local_kv_heads = args.n_kv_heads // model_parallel_size
+        self.n_rep = self.n_local_heads // self.n_local_kv_heads
+        hd = self.head_dim
+        self.wq = ColumnParallelLinear(
+            args.dim, args.n_heads * hd, bias=False, gather_output=False, init_method=_keep
+        )
+        self.wk = ColumnParallelLinear(
+            args.dim, args.n_kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+        )
+        self.wv = ColumnParallelLinear(
+            args.dim, args.n_kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+        )
+        self.wo = RowParallelLinear(
+            args.n_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
+        )
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start_pos, k, v)
+            q = q.to(k.dtype)
+        if self.n_rep == 1:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        elif _SDPA_HAS_GQA:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True
+            )
+        else:  # pragma: no cover - torch < 2.5
+            k = k.repeat_interleave(self.n_rep, dim=1)
+            v = v.repeat_interleave(self.n_rep, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        out = out.transpose(1, 2).reshape(bsz, seqlen, -1).to(x.dtype)
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: `w2(silu(w1(x)) * w3(x))`."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=_keep)
+        self.w2 = RowParallelLinear(hidden_dim, dim, bias=False, input_is_parallel=True, init_method=_keep)
+        self.w3 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=_keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: attention then feed-forward."""
+
+    def __init__(self, layer_id: int, args: ModelArgs, model_parallel_size: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(args, model_parallel_size)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), start_pos, cos, sin, mask, is_causal)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """The Llama 3.1 decoder. `forward(tokens [B, T], start_pos) -> float32 logits [B, T, vocab]`."""
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        mp = ensure_model_parallel()
+        for name, value in (
+            ("n_heads", args.n_heads),
+            ("n_kv_heads", args.n_kv_heads),
+            ("vocab_size", args.vocab_size),
+        ):
+            if value % mp:
+                raise UsageError(f"{name}={value} is not divisible by the model-parallel size {mp}")
+        if args.ffn_hidden_dim % mp:
+            raise UsageError(
+                f"the feed-forward width {args.ffn_hidden_dim} is not divisible by the "
+                f"model-parallel size {mp}"
+            )
+        self.args = args
+        self.model_parallel_size = mp
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        with _allocate_on_meta():
+            self.tok_embeddings = VocabParallelEmbedding(args.vocab_size, args.dim, init_method=_keep)
+            self.layers = nn.ModuleList(TransformerBlock(i, args, mp) for i in range(args.n_layers))
+            self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+            self.output = ColumnParallelLinear(args.dim, args.vocab_size, bias=False, init_method=_keep)
+            self.rope = RotaryEmbedding(args)
+        if dtype is not None:
+            self.to(dtype=dtype)
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.output.weight.dtype
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Random weights: embeddings N(0, 1), linear layers N(0, 1/fan_in), norms 1."""
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+                continue
+            if isinstance(module, VocabParallelEmbedding):
+                std = 1.0
+            elif isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+                std = module.in_features**-0.5
+            else:
+                continue
+            w = module.weight
+            gen_device = generator.device if generator is not None else w.device
+            noise = torch.empty(w.shape, device=gen_device, dtype=torch.float32).normal_(
+                0.0, std, generator=generator
+            )
+            w.copy_(noise)
+
+    def setup_cache(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Allocate (or re-allocate, zeroed) every layer's KV cache; default device/dtype: the weights'."""
+        if max_batch_size <= 0 or max_seq_len <= 0:
+            raise UsageError(f"setup_cache needs positive sizes, got {max_batch_size=} {max_seq_len=}")
+        if max_seq_len > self.args.max_seq_len:
+            raise UsageError(
+                f"max_seq_len={max_seq_len} exceeds the model's context ({self.args.max_seq_len} positions); "
+                "build the model with ModelArgs.max_seq_len raised"
+            )
+        device = device if device is not None else self.device
+        dtype = dtype if dtype is not None else self.dtype
+        for layer in self.layers:
+            attn = layer.attention
+            attn.kv_cache = KVCache(
+                max_batch_size, attn.n_local_kv_heads, max_seq_len, attn.head_dim, device=device, dtype=dtype
+            )
+
+    def clear_cache(self) -> None:
+        """Drop the KV caches (frees their memory); `forward` then runs without a cache."""
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+
+    @property
+    def cache(self) -> KVCache | None:
+        """The first layer's cache (all layers share its shape), or None."""
+        return self.layers[0].attention.kv_cache if len(self.layers) else None
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        if tokens.dim() != 2:
+            raise UsageError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
+        _bsz, seqlen = tokens.shape
+        if start_pos < 0 or start_pos + seqlen > self.args.max_seq_len:
+            raise UsageError(
+                f"positions {start_pos}..{start_pos + seqlen - 1} exceed the model's context "
+                f"({self.args.max_seq_len})"
+            )
+        if start_pos != 0 and self.cache is None:
+            raise UsageError("start_pos > 0 needs a KV cache holding the earlier positions: call setup_cache")
+        h = self.tok_embeddings(tokens)
+        cos = self.rope.cos[start_pos : start_pos + seqlen]
+        sin = self.rope.sin[start_pos : start_pos + seqlen]
+        mask: torch.Tensor | None = None
+        is_causal = False
+        if seqlen > 1:
+            if start_pos == 0:
+                is_causal = True
+            else:  # query i sits at position start_pos + i and sees keys 0..start_pos + i
+                mask = torch.ones(seqlen, start_pos + seqlen, dtype=torch.bool, device=tokens.device)
+                mask = mask.tril(diagonal=start_pos)
+        for layer in self.layers:
+            h = layer(h, start_pos, cos, sin, mask, is_causal)
+        return self.output(self.norm(h)).float()
