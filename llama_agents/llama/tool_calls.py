@@ -112,9 +112,38 @@ def _parse(body: str, *, python_tag: bool) -> list[tuple[BuiltinTool | str, dict
     # With the python tag, anything that is not a (failed) structured call is code to run.
     if text.startswith(("{", "<function=")):
         return []
-    if _parse_python(text) is None and _ATTEMPTED_PY_CALL.match(text):
+    module = _parse_python(text)
+    if module is None and _ATTEMPTED_PY_CALL.match(text):
+        return []
+    if module is not None and _is_call_shaped(module):  # a call with non-literal arguments
         return []
     return [(BuiltinTool.code_interpreter, {"code": body})]
+
+
+def _is_builtin_call(node: ast.expr) -> bool:
+    func = node.func if isinstance(node, ast.Call) else None
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == "call"
+        and isinstance(func.value, ast.Name)
+        and func.value.id in _BUILTIN_NAMES
+    )
+
+
+def _is_call_shaped(module: ast.Module) -> bool:
+    """Built-in `.call(...)` statements or a list of `name(...)` calls, whatever their arguments."""
+    exprs = [stmt.value for stmt in module.body if isinstance(stmt, ast.Expr)]
+    if not exprs or len(exprs) != len(module.body):
+        return False
+    if all(_is_builtin_call(e) for e in exprs):
+        return True
+    only = exprs[0]
+    return (
+        len(exprs) == 1
+        and isinstance(only, ast.List)
+        and bool(only.elts)
+        and all(isinstance(e, ast.Call) and isinstance(e.func, ast.Name) for e in only.elts)
+    )
 
 
 def _tool_name(name: str) -> BuiltinTool | str:
@@ -186,15 +215,10 @@ def _parse_builtin(text: str) -> list[tuple[BuiltinTool | str, dict[str, Any]]]:
         if not isinstance(stmt, ast.Expr) or not isinstance(stmt.value, ast.Call):
             raise _NotACall
         call = stmt.value
-        func = call.func
-        if not (
-            isinstance(func, ast.Attribute)
-            and func.attr == "call"
-            and isinstance(func.value, ast.Name)
-            and func.value.id in _BUILTIN_NAMES
-        ):
+        if not _is_builtin_call(call):
             raise _NotACall
-        tool = BuiltinTool(func.value.id)
+        assert isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+        tool = BuiltinTool(call.func.value.id)
         args = _keyword_args(call)
         if call.args:
             main = _BUILTIN_MAIN_ARG[tool]
