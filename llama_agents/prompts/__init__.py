@@ -75,12 +75,16 @@ def _load_template(name: str) -> str:
         raise jinja2.TemplateNotFound(name) from e
 
 
-def _tojson(value: Any, indent: int | None = None) -> str:
+def _tojson(value: Any, indent: int | None = None, offset: int = 0) -> str:
     """JSON for a prompt: keys in the given order, unicode as is, Python's standard separators.
 
+    `offset` moves every line after the first that many spaces further in, to nest the JSON inside
+    a layout (safe: a newline in JSON output is always structure, never inside a string). Jinja's
+    `indent` filter is not, as it also breaks lines at U+0085, U+2028, ... inside strings.
     Replaces Jinja's own `tojson`, which sorts keys and HTML-escapes `<`, `>`, `&` and `'`.
     """
-    return json.dumps(value, indent=indent, ensure_ascii=False)
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    return text.replace("\n", "\n" + " " * offset) if offset else text
 
 
 _env = jinja2.Environment(
