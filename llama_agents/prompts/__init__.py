@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 KNOWLEDGE_CUTOFF = "December 2023"
-"""The `Cutting Knowledge Date` Llama 3.1 was trained with (written in `system.j2`)."""
+"""The `Cutting Knowledge Date` Llama 3.1 was trained with, written with every date."""
 
 # English month names, so that the date does not depend on the process locale as `%B` does.
 _MONTHS = (
@@ -158,6 +158,7 @@ def render_system_prompt(
         ipython=bool(ipython),
         tools=[t.value for t in tools if t is not BuiltinTool.code_interpreter],
         today=None if date is None else format_date(date),
+        knowledge_cutoff=KNOWLEDGE_CUTOFF,
         instructions=instructions or "",
     )
 
