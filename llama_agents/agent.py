@@ -45,7 +45,7 @@ from llama_agents.errors import PromptTooLongError, UsageError
 from llama_agents.llama.chat_format import ChatFormat
 from llama_agents.prompts import render_system_prompt, render_tool_definitions
 from llama_agents.tools.base import Tool, tool
-from llama_agents.types import Message, StopReason, ToolCall, ToolPromptFormat
+from llama_agents.types import BuiltinTool, Message, StopReason, ToolCall, ToolPromptFormat
 
 __all__ = [
     "Agent",
@@ -72,7 +72,7 @@ T = TypeVar("T")
 
 
 def initial_messages(
-    tools: Sequence[Tool] = (),
+    tools: Sequence[Tool | BuiltinTool] = (),
     *,
     instructions: str | None = None,
     tool_prompt_format: ToolPromptFormat | str = ToolPromptFormat.json,
@@ -82,11 +82,13 @@ def initial_messages(
 
     A system message (with `Environment: ipython` when there are tools, and the `Tools:` line for
     the built-in ones), then, when there are custom tools, the user message describing them in
-    `tool_prompt_format`, as the Llama 3.1 prompt-format document shows.
+    `tool_prompt_format`, as the Llama 3.1 prompt-format document shows. A `BuiltinTool` stands for
+    the built-in tool of that name (no instance, no API key needed: the prompt only names it).
     """
     fmt = _prompt_format(tool_prompt_format)
-    builtin = [t.builtin for t in tools if t.builtin is not None]
-    custom = [t for t in tools if t.builtin is None]
+    builtin = [t if isinstance(t, BuiltinTool) else t.builtin for t in tools]
+    builtin = [b for b in builtin if b is not None]
+    custom = [t for t in tools if not isinstance(t, BuiltinTool) and t.builtin is None]
     system = render_system_prompt(
         builtin_tools=builtin, ipython=bool(tools), date=date, instructions=instructions
     )

@@ -1,0 +1,111 @@
+"""The `llama-agents` command line: prompt-format (no model), argument errors, run on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from llama_agents.cli import main
+from llama_agents.prompts import render_tool_definitions
+from llama_agents.types import ToolDefinition, ToolPromptFormat
+
+# The Llama 3.1 prompt-format doc, "Builtin Tool Calling" (its input prompt, verbatim).
+DOC_BUILTIN_PROMPT = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+    "Environment: ipython\nTools: brave_search, wolfram_alpha\n"
+    "Cutting Knowledge Date: December 2023\nToday Date: 21 September 2024\n\n"
+    "You are a helpful assistant.\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+    "Search the web for the latest price of 1oz gold?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+
+TOOLS_MODULE = textwrap.dedent(
+    '''
+    from llama_agents.tools import tool
+
+    @tool
+    def trending_songs(n: int, genre: str = "all") -> list[str]:
+        """Returns the trending songs on a Music site
+
+        Args:
+            n: The number of songs to return
+            genre: The genre of the songs to return
+        """
+        return [f"song {i}" for i in range(n)]
+
+    NOT_A_TOOL = 3
+    '''
+)
+
+
+def test_prompt_format_prints_the_doc_prompt_exactly(capsys, monkeypatch):
+    monkeypatch.delenv("LLAMA_AGENTS_MODEL", raising=False)
+    argv = [
+        "prompt-format",
+        "Search the web for the latest price of 1oz gold?",
+        "--tools",
+        "brave_search,wolfram_alpha",
+        "--date",
+        "2024-09-21",
+        "--instructions",
+        "You are a helpful assistant.",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == DOC_BUILTIN_PROMPT
+
+
+def test_prompt_format_with_a_tools_module_as_json(capsys, tmp_path, tokenizer):
+    module = tmp_path / "my_tools.py"
+    module.write_text(TOOLS_MODULE)
+    argv = ["prompt-format", "Use tools to get latest trending songs", "--tools-module", str(module)]
+    argv += ["--tool-format", "function_tag", "--date", "2024-09-21", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert tokenizer.decode(out["tokens"]) == out["text"]
+    definition = ToolDefinition(
+        name="trending_songs",
+        description="Returns the trending songs on a Music site",
+        parameters={
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "description": "The number of songs to return"},
+                "genre": {
+                    "type": "string",
+                    "description": "The genre of the songs to return",
+                    "default": "all",
+                },
+            },
+            "required": ["n"],
+        },
+    )
+    expected_definitions = render_tool_definitions([definition], ToolPromptFormat.function_tag)
+    assert "<|start_header_id|>user<|end_header_id|>\n\n" + expected_definitions + "<|eot_id|>" in out["text"]
+    assert out["text"].startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n\n"
+    )
+    assert out["tokens"][0] == tokenizer.bos_id
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["prompt-format", "q", "--tools", "web_browser"], "unknown built-in tool 'web_browser'"),
+        (["prompt-format", "q", "--tools-module", "no/such/file.py"], "no such file"),
+        (["prompt-format", "q", "--date", "21/09/2024"], "--date must be YYYY-MM-DD"),
+        (["run", "q"], "no model"),
+        (["run", "q", "--model", "/no/such/dir"], "not a checkpoint directory"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("LLAMA_AGENTS_MODEL", raising=False)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_tools_module_without_tools_is_an_error(capsys, tmp_path):
+    module = tmp_path / "empty_tools.py"
+    module.write_text("X = 1\n")
+    assert main(["prompt-format", "q", "--tools-module", str(module)]) == 2
+    assert "defines no tools" in capsys.readouterr().err
