@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from llama_agents.errors import UsageError
 
@@ -211,11 +211,25 @@ def build_args_spec(fn: Callable[..., Any], tool_name: str, param_docs: dict[str
         )
         return ArgsSpec(model, fields)
     except Exception as e:
+        culprit = _first_unsupported(definitions, fields)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(
-            f"tool {tool_name!r}: cannot build a JSON schema from its parameters: {type(e).__name__}: {e}. "
+            f"tool {tool_name!r}: cannot build a JSON schema for {culprit}: {first_line} "
             "Use JSON-friendly types: str, int, float, bool, Literal, Enum, list[X], dict[str, X], "
             "X | None, or a pydantic model."
         ) from e
+
+
+def _first_unsupported(
+    definitions: dict[str, Any], fields: list[tuple[str, str, inspect._ParameterKind]]
+) -> str:
+    for field, param, _ in fields:
+        annotation = definitions[field][0]
+        try:
+            TypeAdapter(annotation).json_schema()
+        except Exception:
+            return f"parameter {param!r} ({getattr(annotation, '__name__', annotation)!s})"
+    return "its parameters"
 
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:

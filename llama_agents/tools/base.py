@@ -140,11 +140,22 @@ class Tool:
         model = self._arguments_model()
         if model is None:
             return arguments
+        schema = getattr(self, "parameters", None) or {}
         try:
-            return model.model_validate(arguments)
+            validated = model.model_validate(arguments)
         except ValidationError as e:
-            schema = getattr(self, "parameters", None) or {}
             return ToolResult.error(describe_validation_error(self.name, e, schema))
+        if model.model_config.get("extra") in (None, "ignore"):  # unknown names must not pass silently
+            known = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
+            unknown = [name for name in arguments if name not in known]
+            if unknown:
+                takes = ", ".join(schema.get("properties", {})) or "no arguments"
+                return ToolResult.error(
+                    f"Invalid arguments for tool {self.name!r}:\n- unexpected argument(s) "
+                    f"{', '.join(repr(n) for n in unknown)}; {self.name} takes: {takes}\n"
+                    "Fix the arguments and call the tool again."
+                )
+        return validated
 
     async def _invoke(self, validated: dict[str, Any] | BaseModel) -> Any:
         if isinstance(validated, BaseModel):
