@@ -191,7 +191,6 @@ PRESETS: dict[str, ModelArgs] = {
         n_kv_heads=2,
         ffn_dim_multiplier=1.3,
         multiple_of=32,
-        max_seq_len=4096,
     ),
 }
 
