@@ -543,3 +543,34 @@ _call_like = st.lists(
 def test_never_raises_on_call_like_fragments(body: str, python_tag: bool) -> None:
     for call in parse_tool_calls(body, python_tag=python_tag):
         assert isinstance(call.arguments, dict)
+
+
+_any_name = _text.map(str.strip).filter(lambda s: bool(s) and s not in BuiltinTool.__members__)
+
+
+@_fast
+@given(
+    name=_any_name,
+    args=st.dictionaries(_string, _json, max_size=3),
+    fmt=st.sampled_from([ToolPromptFormat.json, ToolPromptFormat.function_tag]),
+)
+def test_round_trip_of_any_name_and_key_in_json_and_function_tag(
+    name: str, args: dict[str, Any], fmt: ToolPromptFormat
+) -> None:
+    call = ToolCall(call_id="x", tool_name=name, arguments=args)
+    try:
+        text = encode_tool_calls([call], fmt)
+    except UsageError:
+        assert fmt == ToolPromptFormat.function_tag and (">" in name or "\n" in name)
+        return
+    [parsed] = parse_tool_calls(text, python_tag=uses_python_tag([call], fmt))
+    assert (parsed.tool_name, parsed.arguments) == (name, args)
+
+
+def test_lone_surrogates_are_escaped_and_read_back() -> None:
+    for fmt in ToolPromptFormat:
+        for call in (_call(BS, query="a\ud800b"), _call("f", q="\udfff")):
+            text = encode_tool_calls([call], fmt)
+            text.encode("utf-8")  # a tokenizer can carry it
+            [parsed] = parse_tool_calls(text, python_tag=uses_python_tag([call], fmt))
+            assert parsed.arguments == call.arguments
