@@ -325,6 +325,7 @@ class Counter(Tool):
 
     name = "count"
     description = "Count one more and say how many so far."
+
     def __init__(self):
         self.parameters = {"type": "object", "properties": {}}
         self.n = 0
@@ -420,3 +421,67 @@ def test_initial_messages_for_builtin_tool_names(tokenizer):
     messages = initial_messages([Search()], date=DATE)
     assert messages == [Message(role="system", content=messages[0].content)]
     assert messages[0].content.startswith("Environment: ipython\nTools: brave_search\n")
+
+
+# -- real built-in tools ----------------------------------------------------------------------
+
+
+def test_builtin_search_call_ipython_result_then_answer(tokenizer):
+    from http_replay import ReplayServer, Reply, load_data
+
+    from llama_agents.tools import BraveSearch
+
+    with ReplayServer() as server:
+        server.script(
+            "/res/v1/web/search",
+            Reply(body=load_data("brave_web_search.json"), content_type="application/json"),
+        )
+        search = BraveSearch(api_key="test-key", base_url=server.base_url)
+        replies = [
+            '<|python_tag|>brave_search.call(query="latest price of 1oz gold")<|eom_id|>',
+            "Here is what I found.<|eot_id|>",
+        ]
+        agent, backend = make_agent(tokenizer, replies, tools=[search])
+        result = agent.run("Search the web for the latest price of 1oz gold?")
+        assert server.requests[0].query["q"] == ["latest price of 1oz gold"]
+    system = result.messages[0].content
+    assert system.startswith("Environment: ipython\nTools: brave_search\n")
+    (run,) = result.tool_runs
+    assert run.call.tool_name == BuiltinTool.brave_search and not run.is_error
+    assert json.loads(run.content)["results"]
+    assert result.answer == "Here is what I found."
+    text = tokenizer.decode(backend.prompts[1])
+    assert "<|eom_id|><|start_header_id|>ipython<|end_header_id|>\n\n" + run.content + "<|eot_id|>" in text
+
+
+@pytest.fixture
+def interpreter():
+    from llama_agents.tools.code_interpreter import CodeInterpreter
+
+    with CodeInterpreter() as ci:
+        yield ci
+
+
+def test_code_written_in_one_step_is_reused_in_the_next_and_survives_runs(tokenizer, interpreter):
+    replies = [
+        "<|python_tag|>def is_prime(n):\n    return n > 1 and all(n % i for i in range(2, n))\n\n"
+        "print(is_prime(7))<|eom_id|>",
+        "<|python_tag|>print([n for n in range(20) if is_prime(n)])<|eom_id|>",
+        "The primes below 20 are 2, 3, 5, 7, 11, 13, 17 and 19.<|eot_id|>",
+        "<|python_tag|>print(is_prime(97))<|eom_id|>",
+        "Yes.<|eot_id|>",
+    ]
+    agent, _ = make_agent(tokenizer, replies, tools=[interpreter])
+    result = agent.run("Which numbers below 20 are prime?")
+    assert "Environment: ipython" in result.messages[0].content
+    assert "Tools:" not in result.messages[0].content  # code_interpreter is implied by ipython
+    contents = [r.content for r in result.tool_runs]
+    assert "True" in contents[0]
+    assert "[2, 3, 5, 7, 11, 13, 17, 19]" in contents[1]
+    again = agent.run("Is 97 prime?")  # same session: the function is still defined
+    assert "True" in again.tool_runs[0].content and not again.tool_runs[0].is_error
+
+    agent.reset()  # a new session forgets the interpreter's variables too
+    agent.backend.replies.extend(["<|python_tag|>print(is_prime(3))<|eom_id|>", "Gone.<|eot_id|>"])
+    fresh = agent.run("Is 3 prime?")
+    assert "NameError" in fresh.tool_runs[0].content
