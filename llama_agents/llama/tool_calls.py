@@ -90,10 +90,10 @@ def parse_tool_calls(body: str, *, python_tag: bool) -> list[ToolCall]:
     """
     try:
         found = _parse(body, python_tag=python_tag)
+        return [ToolCall(call_id=str(uuid.uuid4()), tool_name=name, arguments=args) for name, args in found]
     except Exception:  # the contract is "never raises": anything unforeseen is not a call
         logger.debug("tool-call parsing failed; keeping the body as content", exc_info=True)
         return []
-    return [ToolCall(call_id=str(uuid.uuid4()), tool_name=name, arguments=args) for name, args in found]
 
 
 def _parse(body: str, *, python_tag: bool) -> list[tuple[BuiltinTool | str, dict[str, Any]]]:
