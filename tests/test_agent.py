@@ -485,3 +485,35 @@ def test_code_written_in_one_step_is_reused_in_the_next_and_survives_runs(tokeni
     agent.backend.replies.extend(["<|python_tag|>print(is_prime(3))<|eom_id|>", "Gone.<|eot_id|>"])
     fresh = agent.run("Is 3 prime?")
     assert "NameError" in fresh.tool_runs[0].content
+
+
+# -- end to end on a tiny random checkpoint ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tokenizer_path):
+    from llama_agents.llama.checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("tiny"), "tiny", seed=1, tokenizer_path=tokenizer_path
+    )
+
+
+def test_end_to_end_on_a_tiny_random_checkpoint(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("LLAMA_AGENTS_MODEL", str(tiny_checkpoint))
+    with Agent(tools=[add], max_tokens=6, max_steps=2, temperature=0.0, date=DATE) as agent:
+        assert type(agent.backend).__name__ == "LocalBackend"
+        first = agent.run("What is 2 + 3?")
+        second = agent.run("And 4 + 4?")
+    assert first.stop_reason in set(RunStopReason)
+    step = first.steps[0]
+    assert step.prompt_tokens == len(
+        ChatFormat(agent.backend.tokenizer).encode_dialog_prompt(first.messages[:3])
+    )
+    assert step.prefilled == step.prompt_tokens and step.reused == 0  # a cold cache
+    assert 1 <= step.generated <= 6
+    # the second run appends to the first conversation: the backend's cache serves the shared prefix
+    assert second.steps[0].reused >= len(agent.formatter.encode_dialog_prompt(first.messages)) - 8
+    assert second.steps[0].prefilled < second.steps[0].prompt_tokens
+    events = [e.type for e in Agent(str(tiny_checkpoint), max_tokens=4, temperature=0.0).stream("hi")]
+    assert events[-1] == "final_answer" and "step_finished" in events

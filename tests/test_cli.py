@@ -109,3 +109,53 @@ def test_a_tools_module_without_tools_is_an_error(capsys, tmp_path):
     module.write_text("X = 1\n")
     assert main(["prompt-format", "q", "--tools-module", str(module)]) == 2
     assert "defines no tools" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tokenizer_path):
+    from llama_agents.llama.checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("tiny"), "tiny", seed=2, tokenizer_path=tokenizer_path
+    )
+
+
+def test_run_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys, tokenizer):
+    module = tmp_path / "my_tools.py"
+    module.write_text(TOOLS_MODULE)
+    transcript = tmp_path / "run.jsonl"
+    argv = ["run", "hello", "--model", str(tiny_checkpoint), "--tools-module", str(module), "--json"]
+    argv += ["--max-tokens", "5", "--max-steps", "1", "--seed", "0", "--transcript", str(transcript)]
+    argv += ["--date", "2024-09-21", "--max-seq-len", "512"]
+    code = main(argv)
+    result = json.loads(capsys.readouterr().out)
+    assert code == (0 if result["stop_reason"] == "final_answer" else 1)
+    assert len(result["steps"]) == 1 and 1 <= result["steps"][0]["generated"] <= 5
+    assert [m["role"] for m in result["messages"]][:3] == ["system", "user", "user"]
+    assert "trending_songs" in result["messages"][1]["content"]
+    assert len(transcript.read_text().splitlines()) == len(result["messages"])
+
+    # the same question, streamed: a seeded run writes the same reply
+    argv = ["run", "hello", "--model", str(tiny_checkpoint), "--tools-module", str(module)]
+    argv += [
+        "--max-tokens",
+        "5",
+        "--max-steps",
+        "1",
+        "--seed",
+        "0",
+        "--date",
+        "2024-09-21",
+        "--max-seq-len",
+        "512",
+    ]
+    assert main(argv) == code
+    out = capsys.readouterr()
+    assert out.out.endswith("\n")
+    if result["stop_reason"] == "final_answer":
+        assert out.out == result["answer"] + "\n"
+
+
+def test_prompt_format_uses_the_model_tokenizer(tiny_checkpoint, capsys):
+    assert main(["prompt-format", "hi", "--model", str(tiny_checkpoint), "--date", "2024-09-21"]) == 0
+    assert capsys.readouterr().out.endswith("hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
