@@ -264,9 +264,22 @@ class _Session:
                 os.kill(child, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+        # The pid namespace dies with its init, but asynchronously: wait until the processes are gone.
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.01)
         for fd in (self.request_w, self.response_r):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (not a zombie waiting to be reaped, not gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _descendants(root: int) -> list[int]:
@@ -420,6 +433,9 @@ class _ReplExecutor:
         if not isinstance(response, dict):
             # Read what the cell printed before the sandbox goes, then kill it whole.
             result = self._output(ExecutionResult(timed_out=response is False, state_lost=True))
+            if response is None:  # the interpreter died: let bwrap report how before killing the rest
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    session.proc.wait(timeout=1)
             session.kill()
             self._session = None
             status = session.proc.returncode

@@ -131,7 +131,10 @@ def _set_limits(limits: dict[str, int]) -> None:
     for key, which in table.items():
         value = limits.get(key)
         if value is not None:
-            resource.setrlimit(which, (value, value))
+            # The CPU soft limit sends SIGXCPU (which ends the REPL with a status the host can name);
+            # at the hard limit the kernel sends SIGKILL, so keep the hard limit a second later.
+            hard = value + 1 if which == resource.RLIMIT_CPU else value
+            resource.setrlimit(which, (value, hard))
 
 
 def _kill_strays() -> None:
@@ -181,7 +184,9 @@ class Repl:
         self.io_dir = config["io_dir"]
         self.module = types.ModuleType("__main__")
         self.module.__dict__["__builtins__"] = __builtins__
-        self.in_pid_namespace = bool(config.get("pid_namespace")) and os.getpid() == 2
+        self.pid = os.getpid()
+        # bwrap's init is pid 1 of the sandbox's pid namespace and this REPL is pid 2.
+        self.in_pid_namespace = bool(config.get("pid_namespace")) and self.pid == 2
 
     def run_cell(self, code: str) -> dict[str, Any]:
         self.cell += 1
@@ -204,6 +209,9 @@ class Repl:
         except BaseException as exc:  # the user's code may raise anything, SystemExit included
             error = _error(exc, "<cell ")
         finally:
+            if os.getpid() != self.pid:
+                # A process the cell forked (os.fork, ctypes) got back here: it must not go on as the REPL.
+                os._exit(0)
             sys.stdout, sys.stderr = saved[2], saved[3]
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
