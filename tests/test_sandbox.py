@@ -411,3 +411,13 @@ def test_unsafe_executor_runs_the_same_repl_and_warns(caplog, tmp_path):
         assert ex.execute("while True: pass", timeout=0.5).timed_out
         assert ex.execute("value").error is not None
     assert tmp_path.exists()  # a work dir the caller gave is not removed
+
+
+def test_state_survives_the_end_of_the_thread_that_started_the_sandbox(sandbox):
+    # bwrap's --die-with-parent is tied to the forking thread; calls from short-lived worker threads
+    # (asyncio.to_thread, a thread pool) must not kill the interpreter when that thread ends.
+    thread = threading.Thread(target=sandbox.execute, args=("kept = 'from a thread'",))
+    thread.start()
+    thread.join()
+    time.sleep(0.2)
+    assert sandbox.execute("kept").result == "'from a thread'"

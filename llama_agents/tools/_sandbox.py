@@ -15,6 +15,7 @@ decide whether running unsandboxed is acceptable (the caller opts in by name).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -334,6 +335,7 @@ class _ReplExecutor:
         self._io_dir.mkdir()
         self._session: _Session | None = None
         self._closed = False
+        self._launcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox-launcher")
 
     # subclass hooks -------------------------------------------------------------------------
     def _command(self, config: dict[str, Any]) -> list[str]:
@@ -356,7 +358,11 @@ class _ReplExecutor:
         command = self._command(config)
         with tempfile.TemporaryFile() as stderr:
             try:
-                proc = subprocess.Popen(
+                # PR_SET_PDEATHSIG (bwrap's --die-with-parent) fires when the *thread* that forked the
+                # sandbox exits, so fork from a thread that lives as long as this executor, not from
+                # whatever short-lived worker thread (asyncio.to_thread) happens to call execute().
+                proc = self._launcher.submit(
+                    subprocess.Popen,
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
@@ -366,7 +372,7 @@ class _ReplExecutor:
                     close_fds=True,
                     pass_fds=(request_r, response_w),
                     start_new_session=True,
-                )
+                ).result()
             except OSError as e:
                 for fd in (request_r, request_w, response_r, response_w):
                     os.close(fd)
@@ -400,6 +406,7 @@ class _ReplExecutor:
     def close(self) -> None:
         self._stop()
         self._closed = True
+        self._launcher.shutdown(wait=False)
         shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> _ReplExecutor:
