@@ -204,7 +204,7 @@ def test_total_time_is_bounded_even_with_long_backoff(server: ReplayServer) -> N
     settings = HttpSettings(timeout=0.5, max_attempts=10, retry_after_max=30, total_timeout=1.0)
     start = time.monotonic()
     result = brave(server, http=settings).call({"query": "x"})
-    assert time.monotonic() - start < 0.5  # does not sleep 30 s it cannot afford
+    assert time.monotonic() - start < 0.8  # does not sleep 30 s it cannot afford
     assert result.is_error and "after 1 attempt(s)" in result.content and "HTTP 503" in result.content
 
 
