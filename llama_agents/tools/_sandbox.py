@@ -603,7 +603,7 @@ class BubblewrapExecutor(_ReplExecutor):
             args += ["--unshare-cgroup-try", "--cap-drop", "ALL"]
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         else:
-            args += ["--unshare-all", "--disable-userns"]
+            args += ["--unshare-all", "--unshare-user", "--disable-userns"]
         args += ["--die-with-parent", "--new-session", "--clearenv"]
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
