@@ -271,6 +271,14 @@ def test_connection_refused_is_retried_then_reported() -> None:
     assert result.is_error and "after 3 attempt(s)" in result.content and "ConnectError" in result.content
 
 
+def test_redirect_is_not_followed(server: ReplayServer) -> None:
+    server.script(PATH, Reply(status=302, headers={"Location": f"{server.base_url}/elsewhere"}))
+    server.script("/elsewhere", ok_reply())
+    result = brave(server).call({"query": "x"})
+    assert result.is_error and "redirect (HTTP 302 to" in result.content and "/elsewhere" in result.content
+    assert [r.path for r in server.requests] == [PATH]  # the key never went to the other URL
+
+
 def test_dropped_connection_is_retried(server: ReplayServer) -> None:
     server.script(PATH, Reply(drop=True), ok_reply())
     assert not brave(server).call({"query": "x"}).is_error

@@ -10,7 +10,8 @@ Failures come out as two kinds:
 - `ToolConfigurationError` (raised to the developer): the service rejected the API key (401/403).
   No retry can fix that.
 - `UpstreamError` (the tool turns it into an error result for the model): everything else that went
-  wrong: retries exhausted, another 4xx, an oversized or unreadable body.
+  wrong: retries exhausted, another 4xx, a redirect (never followed: it would carry the key
+  elsewhere), an oversized or unreadable body.
 
 What it does not do: know any API's format beyond "JSON", cache, or keep connections across calls
 (each call opens its own `httpx.AsyncClient`, so a tool works from any event loop or thread).
@@ -127,7 +128,8 @@ class JsonHttpClient:
         timeout = httpx.Timeout(settings.timeout)
         last: _Retryable | None = None
         attempt = 0
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, trust_env=True) as client:
+        # No redirects: the APIs do not redirect, and following one would carry the key to another host.
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=True) as client:
             while attempt < settings.max_attempts:
                 attempt += 1
                 remaining = deadline - time.monotonic()
@@ -191,6 +193,13 @@ class JsonHttpClient:
                 f"{self.service} rejected the API key (HTTP {status}: {_describe(body, content_type)}). "
                 f"Check the key passed to the tool or set in {self.key_env}, and that its plan allows "
                 "this API."
+            )
+        if 300 <= status < 400:
+            location = response.headers.get("location", "(no Location)")
+            raise UpstreamError(
+                f"{self.service} answered with a redirect (HTTP {status} to {_snippet(location)!r}), "
+                "which is not followed so the key stays with the API; check the tool's base_url.",
+                status=status,
             )
         if status >= 400:
             raise UpstreamError(
