@@ -328,3 +328,18 @@ def test_transformers_5_rope_parameters_config_is_read(hf_copy):
     config["rope_parameters"] = {**config.pop("rope_scaling"), "rope_theta": config.pop("rope_theta")}
     args, tied = _hf.args_from_hf_config(config)
     assert args == TINY and not tied
+
+
+def test_make_checkpoint_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "tools" / "make_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("make_checkpoint", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path), "--layout", "hf", "--dtype", "float32", "--seed", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files"] == ["config.json", "model.safetensors", "original/tokenizer.model"]
+    args, model, tok = load_model(tmp_path, progress=False)
+    assert args == TINY and tok.n_words == TINY.vocab_size
+    assert model.parameters().__next__().dtype == torch.float32
