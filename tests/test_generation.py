@@ -396,3 +396,37 @@ def test_build_rejects_bad_arguments(checkpoints):
         Llama.build(checkpoints["meta"], max_seq_len=1, device="cpu", progress=False)
     with pytest.raises(UsageError, match="max_batch_size"):
         Llama.build(checkpoints["meta"], max_batch_size=0, device="cpu", progress=False)
+
+
+# --------------------------------------------------------------------------------------- benchmark
+
+
+def test_the_benchmark_script_runs_on_the_tiny_preset_and_prints_one_json_object(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench_generate.py"
+    args = ["--preset", "tiny", "--prompt-len", "12", "--new-tokens", "6", "--device", "cpu", "--peer", "hf"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["preset"] == "tiny" and result["device"] == "cpu" and result["dtype"] == "float32"
+    assert (result["prompt_len"], result["new_tokens"], result["generated"]) == (12, 6, 6)
+    for side in ("ours", "hf"):
+        assert set(result[side]) == {"ttft_s", "decode_s", "decode_tokens_per_s"}
+        assert result[side]["ttft_s"] > 0 and result[side]["decode_tokens_per_s"] > 0
+    assert result["decode_speedup_vs_hf"] == pytest.approx(
+        result["ours"]["decode_tokens_per_s"] / result["hf"]["decode_tokens_per_s"]
+    )
+    assert result["ttft_ratio_vs_hf"] > 0
+    # float32 on CPU, the same weights: greedy decoding agrees with transformers token for token
+    assert result["greedy_tokens_agreeing_with_hf"] == 6

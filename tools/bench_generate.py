@@ -1,0 +1,186 @@
+"""Benchmark our generator against HF transformers on the same random weights; print one JSON object.
+
+Writes a seeded random checkpoint of a preset in the Hugging Face layout (our loader reads it too, so
+both sides load the very same file), then for one prompt of `--prompt-len` random token ids measures,
+greedily and after a warm-up run:
+
+- ours: `Llama.stream` (prefill, then one token at a time through our fixed-shape KV cache); time to
+  first token and decode tokens/s come from `Llama.last_stats`.
+- hf (`--peer hf`): `LlamaForCausalLM` with its own KV cache, the same greedy loop by hand, for the
+  same number of new tokens.
+
+Both sides synchronise with the device once per token (the sampled id is read back), as a real
+streaming generator must. Example:
+
+    python tools/bench_generate.py --preset tiny --prompt-len 128 --new-tokens 64 --device cpu
+
+What it does not do: batches, sampling other than greedy, or `torch.compile` (the place for it is
+`_build_ours`, which returns the `Llama` whose `model` is timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llama_agents.llama.args import get_preset
+from llama_agents.llama.checkpoint import write_random_checkpoint
+from llama_agents.llama.generation import Llama, default_device, default_dtype
+from llama_agents.llama.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _default_tokenizer_path() -> Path:
+    try:
+        import llama_models
+    except ImportError as e:  # pragma: no cover - a dev dependency
+        raise SystemExit("pass --tokenizer /path/to/tokenizer.model (llama-models is not installed)") from e
+    return Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build_ours(
+    ckpt: Path, tokenizer: Tokenizer, max_seq_len: int, device: torch.device, dtype: torch.dtype
+) -> Llama:
+    return Llama.build(
+        ckpt, max_seq_len=max_seq_len, device=device, dtype=dtype, tokenizer=tokenizer, progress=False
+    )
+
+
+def _run_ours(llama: Llama, prompt: list[int], new_tokens: int) -> tuple[list[int], dict[str, float]]:
+    llama.reset_cache()  # a cold start: no prefix reuse from the warm-up
+    out = list(llama.stream(prompt, max_gen_len=new_tokens, temperature=0))
+    stats = llama.last_stats
+    assert stats is not None
+    return out, {
+        "ttft_s": stats.ttft_s,
+        "decode_s": stats.decode_s,
+        "decode_tokens_per_s": stats.tokens_per_s,
+    }
+
+
+@torch.inference_mode()
+def _run_hf(
+    model: Any, prompt: list[int], new_tokens: int, device: torch.device
+) -> tuple[list[int], dict[str, float]]:
+    # transformers 5 renamed `past_key_values` to `cache`; support both.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    ids = torch.tensor([prompt], device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    tokens = [int(nxt)]
+    ttft = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        past = getattr(out, cache_kw)
+        out = model(input_ids=nxt, use_cache=True, logits_to_keep=1, **{cache_kw: past})
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(int(nxt))
+    decode = time.perf_counter() - t1
+    tps = (new_tokens - 1) / decode if new_tokens > 1 and decode > 0 else 0.0
+    return tokens, {"ttft_s": ttft, "decode_s": decode, "decode_tokens_per_s": tps}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", help="a preset of llama_agents.llama.args.PRESETS")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu"
+    )
+    parser.add_argument("--peer", choices=("hf", "none"), default="hf")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="a Llama 3 tokenizer.model")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to write the checkpoint (default: temp)"
+    )
+    ns = parser.parse_args(argv)
+    if ns.prompt_len < 1 or ns.new_tokens < 1:
+        parser.error("--prompt-len and --new-tokens must be >= 1")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    device = torch.device(ns.device) if ns.device else default_device()
+    dtype = DTYPES[ns.dtype] if ns.dtype else default_dtype(device)
+    args = get_preset(ns.preset)
+    tokenizer_path = ns.tokenizer or _default_tokenizer_path()
+    tokenizer = Tokenizer(tokenizer_path)
+    gen = torch.Generator().manual_seed(ns.seed)
+    prompt = [
+        tokenizer.bos_id,
+        *torch.randint(0, tokenizer.bos_id, (ns.prompt_len - 1,), generator=gen).tolist(),
+    ]
+    max_seq_len = ns.prompt_len + ns.new_tokens
+
+    with tempfile.TemporaryDirectory(prefix="bench_generate_", dir=ns.workdir) as tmp:
+        t0 = time.perf_counter()
+        ckpt = write_random_checkpoint(
+            Path(tmp) / ns.preset, args, layout="hf", seed=ns.seed, dtype=dtype, tokenizer_path=tokenizer_path
+        )
+        write_s = time.perf_counter() - t0
+
+        llama = _build_ours(ckpt, tokenizer, max_seq_len, device, dtype)
+        _run_ours(llama, prompt, min(4, ns.new_tokens))  # warm-up
+        ours_tokens, ours = _run_ours(llama, prompt, ns.new_tokens)
+        del llama
+        result: dict[str, Any] = {
+            "preset": ns.preset,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": str(dtype).removeprefix("torch."),
+            "prompt_len": ns.prompt_len,
+            "new_tokens": ns.new_tokens,
+            "generated": len(ours_tokens),
+            "checkpoint_write_s": write_s,
+            "ours": ours,
+            "hf": None,
+            "decode_speedup_vs_hf": None,
+            "ttft_ratio_vs_hf": None,
+            "greedy_tokens_agreeing_with_hf": None,
+        }
+        if ns.peer == "hf":
+            from transformers import LlamaForCausalLM
+
+            model = LlamaForCausalLM.from_pretrained(ckpt, torch_dtype=dtype).to(device).eval()
+            n = len(ours_tokens)  # the same work even if ours stopped early on a stop token
+            _run_hf(model, prompt, min(4, n), device)  # warm-up
+            hf_tokens, hf = _run_hf(model, prompt, n, device)
+            result["hf"] = hf
+            if hf["decode_tokens_per_s"] > 0:
+                result["decode_speedup_vs_hf"] = ours["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
+            if hf["ttft_s"] > 0:
+                result["ttft_ratio_vs_hf"] = ours["ttft_s"] / hf["ttft_s"]
+            result["greedy_tokens_agreeing_with_hf"] = _common_prefix(ours_tokens, hf_tokens)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
