@@ -13,6 +13,7 @@ Exceptions carry a message and nothing else; no logging happens in their constru
 from __future__ import annotations
 
 __all__ = [
+    "BackendError",
     "CheckpointError",
     "LlamaAgentsError",
     "ModelRetry",
@@ -50,6 +51,13 @@ class SandboxUnavailableError(ToolConfigurationError):
 
 class PromptTooLongError(UsageError):
     """A prompt does not fit the model's context (max_seq_len) with room to generate."""
+
+
+class BackendError(LlamaAgentsError):
+    """A model server could not complete: down, failing, or it cut a reply off (after retries).
+
+    The agent's transcript is left as it was before the failed reply, so the run can be retried.
+    """
 
 
 class RunLimitExceeded(LlamaAgentsError):
