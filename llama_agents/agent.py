@@ -102,10 +102,12 @@ def initial_messages(
 class Agent:
     """A tool-using Llama 3.1 agent holding one conversation (a session) at a time.
 
-    `model`: a `Backend`, a checkpoint directory (run in-process by `LocalBackend`), or None to use
-    the directory named by `$LLAMA_AGENTS_MODEL`. `tools`: `Tool` instances or plain functions
-    (wrapped with `@tool`). `instructions`: appended to the system prompt. `max_steps`: model replies
-    per run. `max_tokens`: ids per reply. `token_budget`: generated ids per run (None: no limit).
+    `model`: a `Backend`, a checkpoint directory (run in-process by `LocalBackend`), a model server
+    URL (`backends.remote.connect`: `http://host:8000/v1`, `ollama+http://host:11434#llama3.1`), or
+    None to use the directory or URL named by `$LLAMA_AGENTS_MODEL`. `tools`: `Tool` instances or
+    plain functions (wrapped with `@tool`). `instructions`: appended to the system prompt.
+    `max_steps`: model replies per run. `max_tokens`: ids per reply. `token_budget`: generated ids
+    per run (None: no limit).
     `date`: the "Today Date" of the system prompt (default: the day the session starts).
 
     `run(question)` returns an `AgentResult`; `stream(question)` yields events; `arun` / `astream`
@@ -481,6 +483,10 @@ def _resolve_backend(model: Backend | str | os.PathLike[str] | None) -> Backend:
                 "no model given: pass Agent(model=...) a Backend or a checkpoint directory, "
                 f"or set {MODEL_ENV}=/path/to/checkpoint"
             )
+    if isinstance(model, str) and "://" in model:
+        from llama_agents.backends.remote import connect
+
+        return connect(model)  # a model server: vllm+http://..., http://host:11434#llama3.1, ...
     if isinstance(model, str | os.PathLike):
         path = Path(model).expanduser()
         if not path.is_dir():

@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import TextIO
 
 from llama_agents.agent import MODEL_ENV, Agent, AgentResult, initial_messages
+from llama_agents.backends.base import Backend
 from llama_agents.errors import LlamaAgentsError, UsageError
 from llama_agents.tools.base import Tool
 from llama_agents.types import BuiltinTool, Message, ToolPromptFormat
@@ -57,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument(
         "--date", default=None, help="the prompt's 'Today Date' as YYYY-MM-DD (default: today)"
     )
-    tools.add_argument("--model", default=None, help=f"checkpoint directory (default: ${MODEL_ENV})")
+    tools.add_argument(
+        "--model",
+        default=None,
+        help=f"checkpoint directory or model server URL, e.g. vllm+http://host:8000 (default: ${MODEL_ENV})",
+    )
 
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--temperature", type=float, default=0.6)
@@ -67,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-seq-len", type=int, default=8192, help="context length to allocate")
     model.add_argument("--seed", type=int, default=None, help="seed sampling for a reproducible run")
     model.add_argument("--json", action="store_true", help="print the AgentResult as JSON")
+    model.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.model for a server --model (default: $LLAMA_AGENTS_TOKENIZER)",
+    )
 
     run = commands.add_parser("run", parents=[tools, model], help="answer one question")
     run.add_argument("question")
@@ -198,13 +208,20 @@ def _agent(args: argparse.Namespace) -> Agent:
     model = args.model or os.environ.get(MODEL_ENV)
     if not model:
         raise UsageError(f"no model: pass --model /path/to/checkpoint or set {MODEL_ENV}")
-    if not Path(model).is_dir():
-        raise UsageError(f"--model {model!r} is not a checkpoint directory")
     _check_numbers(args)
-    tools = _tools(args)
-    from llama_agents.backends.local import LocalBackend  # imports torch: only when a model runs
+    backend: Backend
+    if "://" in model:  # a model server (vLLM, Ollama, llama.cpp, OpenAI-compatible)
+        from llama_agents.backends.remote import connect
 
-    backend = LocalBackend.from_checkpoint(model, seed=args.seed, max_seq_len=args.max_seq_len)
+        tools = _tools(args)
+        backend = connect(model, tokenizer=args.tokenizer)
+    else:
+        if not Path(model).is_dir():
+            raise UsageError(f"--model {model!r} is not a checkpoint directory or a server URL")
+        tools = _tools(args)
+        from llama_agents.backends.local import LocalBackend  # imports torch: only when a model runs
+
+        backend = LocalBackend.from_checkpoint(model, seed=args.seed, max_seq_len=args.max_seq_len)
     return Agent(
         backend,
         tools,
