@@ -36,7 +36,12 @@ def sample_top_p(probs: torch.Tensor, p: float, generator: torch.Generator | Non
     # Drop a token when the mass strictly before it already exceeds p.
     probs_sort = probs_sort.masked_fill(cumulative - probs_sort > p, 0.0)
     probs_sort = probs_sort / probs_sort.sum(dim=-1, keepdim=True)
-    choice = torch.multinomial(probs_sort, num_samples=1, generator=generator)
+    if generator is not None and generator.device.type != probs_sort.device.type:
+        # A CPU generator with CUDA logits (or the reverse): draw where the generator lives.
+        choice = torch.multinomial(probs_sort.to(generator.device), 1, generator=generator)
+        choice = choice.to(probs_sort.device)
+    else:
+        choice = torch.multinomial(probs_sort, num_samples=1, generator=generator)
     return torch.gather(probs_idx, -1, choice)
 
 
@@ -51,7 +56,8 @@ def sample_next_token(
 
     `temperature == 0` is greedy (argmax, no randomness used). Otherwise the logits are divided by
     `temperature`, softmaxed in float32 and sampled with top-p. Seeding `generator` makes the draw
-    reproducible; it must live on the same device as `logits`.
+    reproducible; on another device than `logits` (a CPU generator for CUDA logits), the draw is
+    made on the generator's device.
     """
     assert logits.dim() == 2, f"expected [B, V] logits, got shape {tuple(logits.shape)}"
     check_sampling_params(temperature, top_p)
