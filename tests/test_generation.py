@@ -391,7 +391,9 @@ def test_build_from_a_checkpoint_without_touching_global_torch_state(checkpoints
     assert list(hf.stream(prompt, max_gen_len=8, temperature=0)) == meta_out
 
 
-def test_build_rejects_bad_arguments(checkpoints):
+def test_build_rejects_bad_arguments(checkpoints, tokenizer):
+    with pytest.raises(UsageError, match="setup_cache"):
+        Llama(Transformer(PRESETS["tiny"], device="meta"), tokenizer, max_seq_len=8)
     with pytest.raises(UsageError, match="max_seq_len"):
         Llama.build(checkpoints["meta"], max_seq_len=1, device="cpu", progress=False)
     with pytest.raises(UsageError, match="max_batch_size"):

@@ -120,6 +120,15 @@ class Llama:
         max_seq_len: int,
         max_batch_size: int = 1,
     ) -> None:
+        cache = model.cache
+        if cache is None or cache.max_seq_len < max_seq_len or cache.max_batch_size < max_batch_size:
+            have = (
+                "no KV cache" if cache is None else f"a cache of {cache.max_batch_size} x {cache.max_seq_len}"
+            )
+            raise UsageError(
+                f"the model has {have}; call model.setup_cache({max_batch_size}, {max_seq_len}) first "
+                "(or use Llama.build)"
+            )
         self.model = model
         self.args: ModelArgs = model.args
         self.tokenizer = tokenizer
