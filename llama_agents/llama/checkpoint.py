@@ -20,8 +20,12 @@ copied into a local cache directory (`cache_dir`, else `$LLAMA_AGENTS_CACHE`, el
 `~/.cache/llama_agents/checkpoints`), one sub-directory per URL; files already there with the same size
 are not copied again.
 
-What it does not do: reshard a Meta checkpoint to another model-parallel size, shard HF weights across
-ranks, or load quantised or vision checkpoints.
+Model parallel (under torchrun, see `parallel.py` and docs/parallel.md): a Meta checkpoint saved at the
+model-parallel size in use loads one shard per rank; saved at another size it is resharded as it loads
+(each rank reads its rows of the shards it needs, through mmap). HF weights are split on load, each
+rank reading only its slices of the safetensors files.
+
+What it does not do: load quantised or vision checkpoints.
 """
 
 from __future__ import annotations
@@ -39,11 +43,17 @@ from typing import Any, Literal, NamedTuple
 import torch
 from tqdm import tqdm
 
-from llama_agents.errors import CheckpointError
+from llama_agents.errors import CheckpointError, UsageError
 from llama_agents.llama import _hf
 from llama_agents.llama._parallel import ensure_model_parallel, model_parallel_rank
 from llama_agents.llama.args import ModelArgs, get_preset
 from llama_agents.llama.model import Transformer
+from llama_agents.llama.parallel import (
+    check_divisible,
+    hf_shard_tensors,
+    meta_shard_tensors,
+    split_full_tensor,
+)
 
 __all__ = [
     "Layout",
@@ -66,9 +76,6 @@ PathLike = str | os.PathLike[str]
 # Tensors some checkpoints carry that are not weights: recomputed at load, safe to skip.
 _IGNORED_META = frozenset({"rope.freqs"})
 _IGNORED_HF_SUFFIX = "rotary_emb.inv_freq"
-# Which dim fairscale splits across model-parallel ranks (None: every rank holds all of it).
-_COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
-_ROW = ("attention.wo", "feed_forward.w2")
 
 
 class LoadedModel(NamedTuple):
@@ -169,7 +176,6 @@ def load_model_args(ckpt_dir: PathLike, *, max_seq_len: int | None = None) -> Mo
 
 def load_tokenizer(ckpt_dir: PathLike) -> Any:
     """The checkpoint's `Tokenizer`: `tokenizer.model`, `original/tokenizer.model`, or `tokenizer.json`."""
-    from llama_agents.errors import UsageError
     from llama_agents.llama.tokenizer import Tokenizer
 
     d = Path(ckpt_dir)
@@ -219,17 +225,6 @@ def meta_param_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _shard_dim(name: str) -> int | None:
-    """The dim fairscale splits `name` along across model-parallel ranks (None: replicated)."""
-    if name in ("tok_embeddings.weight", "output.weight"):
-        return 0
-    if any(f".{part}." in name for part in _COLUMN):
-        return 0
-    if any(f".{part}." in name for part in _ROW):
-        return 1
-    return None
-
-
 # ----------------------------------------------------------------------------------------- loading
 
 
@@ -239,10 +234,11 @@ def _meta_tensors(d: Path, args: ModelArgs) -> Iterator[tuple[str, torch.Tensor,
         raise CheckpointError(f"{d}: no consolidated.NN.pth weight file found")
     mp = ensure_model_parallel()
     if len(shards) != mp:
-        raise CheckpointError(
-            f"{d}: {len(shards)} consolidated.*.pth shards, but the model-parallel size is {mp}; run with "
-            f"torchrun --nproc-per-node {len(shards)} (resharding is not supported)"
+        logger.info("resharding %d consolidated.*.pth shards for model-parallel size %d", len(shards), mp)
+        yield from meta_shard_tensors(
+            shards, args, meta_param_shapes(args), mp=mp, rank=model_parallel_rank(), ignored=_IGNORED_META
         )
+        return
     path = shards[model_parallel_rank()]
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
@@ -279,8 +275,19 @@ def _hf_weight_files(d: Path) -> list[Path]:
 def _hf_tensors(d: Path, args: ModelArgs, tied: bool) -> Iterator[tuple[str, torch.Tensor, Path]]:
     from safetensors import safe_open
 
-    if ensure_model_parallel() != 1:
-        raise CheckpointError(f"{d}: loading the Hugging Face layout model-parallel is not supported")
+    mp = ensure_model_parallel()
+    if mp != 1:
+        yield from hf_shard_tensors(
+            _hf_weight_files(d),
+            args,
+            meta_param_shapes(args),
+            tied=tied,
+            mp=mp,
+            rank=model_parallel_rank(),
+            to_hf_name=_hf.meta_name_to_hf,
+            hf_to_meta_qk=_hf.hf_to_meta_qk,
+        )
+        return
     seen_embedding: tuple[torch.Tensor, Path] | None = None
     has_head = False
     for path in _hf_weight_files(d):
@@ -423,13 +430,11 @@ def _random_tensors(args: ModelArgs, seed: int, dtype: torch.dtype) -> Iterator[
         yield name, t.to(dtype)
 
 
-def _split_for_mp(name: str, tensor: torch.Tensor, mp: int) -> list[torch.Tensor]:
-    dim = _shard_dim(name)
-    if mp == 1 or dim is None:
-        return [tensor] * mp
-    if tensor.shape[dim] % mp:
-        raise CheckpointError(f"{name} (shape {tuple(tensor.shape)}) does not split into {mp} shards")
-    return [c.clone() for c in tensor.chunk(mp, dim=dim)]
+def _split_for_mp(name: str, tensor: torch.Tensor, args: ModelArgs, mp: int) -> list[torch.Tensor]:
+    """The `mp` shards fairscale holds of `tensor` (KV heads replicated when fewer than `mp`)."""
+    if mp == 1:
+        return [tensor]
+    return [c.clone() for c in split_full_tensor(name, tensor, args, mp)]
 
 
 def write_random_checkpoint(
@@ -446,7 +451,8 @@ def write_random_checkpoint(
     """Write a checkpoint of random weights (seeded) in the Meta or HF layout; return its directory.
 
     Meta layout: `params.json`, `consolidated.NN.pth` for `mp` model-parallel shards (split the way
-    fairscale splits each layer), `tokenizer.model` (copied from `tokenizer_path`, when given). HF layout:
+    fairscale splits each layer; KV heads replicated when `mp` exceeds them), `tokenizer.model`
+    (copied from `tokenizer_path`, when given). HF layout:
     `config.json` with Llama 3.1 `rope_scaling`, `model.safetensors` (or, with `max_shard_bytes`,
     `model-0000x-of-0000y.safetensors` + index), the tokenizer at `original/tokenizer.model`. The same
     `seed` gives the same weights in both layouts.
@@ -456,6 +462,11 @@ def write_random_checkpoint(
         raise CheckpointError(f"layout must be 'meta' or 'hf', got {layout!r}")
     if mp < 1 or (layout == "hf" and mp != 1):
         raise CheckpointError(f"mp={mp}: model-parallel shards exist only in the Meta layout (mp >= 1)")
+    if mp > 1:
+        try:
+            check_divisible(args, mp)
+        except UsageError as e:
+            raise CheckpointError(f"mp={mp}: {e}") from e
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tensors = _random_tensors(args, seed, dtype)
@@ -463,7 +474,7 @@ def write_random_checkpoint(
         (out / "params.json").write_text(json.dumps(args.to_params(), indent=2) + "\n")
         shards: list[dict[str, torch.Tensor]] = [{} for _ in range(mp)]
         for name, tensor in tensors:
-            for shard, piece in zip(shards, _split_for_mp(name, tensor, mp), strict=True):
+            for shard, piece in zip(shards, _split_for_mp(name, tensor, args, mp), strict=True):
                 shard[name] = piece
         for rank, shard in enumerate(shards):
             torch.save(shard, out / f"consolidated.{rank:02d}.pth")

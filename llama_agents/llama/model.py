@@ -37,6 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from llama_agents.errors import UsageError
 from llama_agents.llama._parallel import ensure_model_parallel
 from llama_agents.llama.args import ModelArgs
+from llama_agents.llama.parallel import check_divisible
 
 __all__ = [
     "Attention",
@@ -206,17 +207,19 @@ class Attention(nn.Module):
         super().__init__()
         self.head_dim = args.head_dim
         self.n_local_heads = args.n_heads // model_parallel_size
-        self.n_local_kv_heads = args.n_kv_heads // model_parallel_size
+        # Fewer KV heads than ranks: each rank holds one, replicated (see parallel.stored_kv_heads).
+        n_kv_stored = max(args.n_kv_heads, model_parallel_size)
+        self.n_local_kv_heads = n_kv_stored // model_parallel_size
         self.n_rep = self.n_local_heads // self.n_local_kv_heads
         hd = self.head_dim
         self.wq = ColumnParallelLinear(
             args.dim, args.n_heads * hd, bias=False, gather_output=False, init_method=_keep
         )
         self.wk = ColumnParallelLinear(
-            args.dim, args.n_kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+            args.dim, n_kv_stored * hd, bias=False, gather_output=False, init_method=_keep
         )
         self.wv = ColumnParallelLinear(
-            args.dim, args.n_kv_heads * hd, bias=False, gather_output=False, init_method=_keep
+            args.dim, n_kv_stored * hd, bias=False, gather_output=False, init_method=_keep
         )
         self.wo = RowParallelLinear(
             args.n_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
@@ -304,18 +307,7 @@ class Transformer(nn.Module):
     ) -> None:
         super().__init__()
         mp = ensure_model_parallel()
-        for name, value in (
-            ("n_heads", args.n_heads),
-            ("n_kv_heads", args.n_kv_heads),
-            ("vocab_size", args.vocab_size),
-        ):
-            if value % mp:
-                raise UsageError(f"{name}={value} is not divisible by the model-parallel size {mp}")
-        if args.ffn_hidden_dim % mp:
-            raise UsageError(
-                f"the feed-forward width {args.ffn_hidden_dim} is not divisible by the "
-                f"model-parallel size {mp}"
-            )
+        check_divisible(args, mp)
         self.args = args
         self.model_parallel_size = mp
         device = torch.device(device) if device is not None else torch.device("cpu")
