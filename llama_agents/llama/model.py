@@ -13,6 +13,12 @@ allocated only by `Transformer.setup_cache` and written in place at `start_pos`.
 buffer that is never saved and is rebuilt whenever the module moves (`.to`, `.to_empty`, `.cuda`), so a
 `.to(torch.bfloat16)` never rounds it.
 
+Two ways to run: `forward(tokens, start_pos: int)` (any length, slices the cache; prefill and the eager
+path) and `forward_at(tokens, input_pos: Tensor)` (positions given as a device tensor: every shape is
+fixed by the cache, so one `torch.compile`d graph, or one CUDA graph, serves every position; the
+compiled decode step). `fuse()` replaces wq/wk/wv with one `wqkv` matmul and w1/w3 with one `w13`
+(per model-parallel shard); `state_dict()` and `load_state_dict()` keep Meta's unfused names.
+
 Build on `torch.device("meta")` to load a checkpoint without allocating twice (see `checkpoint.py`);
 on any other device the weights get a random initialisation (`init_weights`).
 
@@ -78,6 +84,74 @@ class _FactoriesOnMeta(TorchDispatchMode):
 def _allocate_on_meta() -> Iterator[None]:
     with torch.device("meta"), _FactoriesOnMeta():
         yield
+
+
+def _unsplit(layer: nn.Module) -> bool:
+    """Whether this rank holds the whole of a fairscale layer (model-parallel size 1)."""
+    if isinstance(layer, VocabParallelEmbedding):
+        return layer.weight.shape[0] == layer.num_embeddings
+    if isinstance(layer, ColumnParallelLinear):
+        return layer.weight.shape[0] == layer.out_features
+    if isinstance(layer, RowParallelLinear):
+        return layer.weight.shape[1] == layer.in_features
+    return False
+
+
+def _run(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a fairscale layer; when it is not split, as the plain op it then is.
+
+    With one rank fairscale's forward is `F.linear` / `F.embedding` wrapped in autograd Functions that
+    are identities, but which `torch.compile` cannot trace (`ctx.mark_dirty`); calling the op directly
+    gives the same result and keeps the decode step one graph. Split layers go through fairscale.
+    """
+    if not _unsplit(layer):
+        return layer(x)
+    if isinstance(layer, VocabParallelEmbedding):
+        return F.embedding(x, layer.weight)
+    return F.linear(x, layer.weight)
+
+
+class _FusedLinear(nn.Module):
+    """Several column-parallel projections of one input as one matmul (this rank's rows of each).
+
+    `weight` is the row-wise concatenation of the parts; `forward` returns the parts, split again.
+    Inference only: in a model-parallel group the backward all-reduce of `ColumnParallelLinear` is not
+    reproduced (the forward is the same: each rank multiplies by its own shard).
+    """
+
+    def __init__(self, weights: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.sizes = [w.shape[0] for w in weights]
+        self.in_features = weights[0].shape[1]
+        self.weight = nn.Parameter(torch.cat(weights, dim=0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return F.linear(x, self.weight).split(self.sizes, dim=-1)
+
+
+def _fuse_into(module: nn.Module, parts: tuple[str, ...], fused: str) -> None:
+    """Replace `module.<parts>` by one `_FusedLinear` named `fused`; keep the unfused names on disk.
+
+    A state-dict post-hook splits the fused weight back into the parts' names (as views, no copy), and
+    a load pre-hook concatenates the parts, so checkpoints saved or loaded after `fuse()` are unchanged.
+    """
+    weights = [getattr(module, name).weight.detach() for name in parts]
+    setattr(module, fused, _FusedLinear(weights))
+    for name in parts:
+        delattr(module, name)
+
+    def save_unfused(mod: nn.Module, state: dict[str, Any], prefix: str, _meta: Any) -> None:
+        whole = state.pop(prefix + fused + ".weight")
+        for name, piece in zip(parts, whole.split(getattr(mod, fused).sizes, dim=0), strict=True):
+            state[prefix + name + ".weight"] = piece
+
+    def load_unfused(_mod: nn.Module, state: dict[str, Any], prefix: str, *_args: Any) -> None:
+        keys = [prefix + name + ".weight" for name in parts]
+        if all(k in state for k in keys):
+            state[prefix + fused + ".weight"] = torch.cat([state.pop(k) for k in keys], dim=0)
+
+    module.register_state_dict_post_hook(save_unfused)
+    module.register_load_state_dict_pre_hook(load_unfused)
 
 
 def rope_frequencies(args: ModelArgs, device: torch.device | str | None = None) -> torch.Tensor:
@@ -183,12 +257,21 @@ class KVCache(nn.Module):
     def max_seq_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, start_pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write `k, v [B, n_kv_heads, T, head_dim]` at positions `start_pos..start_pos+T-1`.
 
-        Returns views of keys and values for positions `0..start_pos+T-1` of the first `B` rows.
+        With an int `start_pos`, returns views of keys and values for positions `0..start_pos+T-1` of
+        the first `B` rows. With a `[T]` long tensor of positions (on the cache's device), writes there
+        and returns the first `B` rows at full length (fixed shapes; the caller masks positions not yet
+        written). Tensor positions are not range-checked: that would synchronise with the device.
         """
         bsz, _, seqlen, _ = k.shape
+        if isinstance(start_pos, torch.Tensor):
+            self.k[:bsz].index_copy_(2, start_pos, k)
+            self.v[:bsz].index_copy_(2, start_pos, v)
+            return self.k[:bsz], self.v[:bsz]
         end = start_pos + seqlen
         if bsz > self.max_batch_size or end > self.max_seq_len or start_pos < 0:
             raise UsageError(
@@ -225,20 +308,30 @@ class Attention(nn.Module):
             args.n_heads * hd, args.dim, bias=False, input_is_parallel=True, init_method=_keep
         )
         self.kv_cache: KVCache | None = None
+        self.wqkv: _FusedLinear | None = None
+
+    def fuse(self) -> None:
+        """Replace wq, wk, wv by one `wqkv` matmul (this rank's shards). Idempotent."""
+        if self.wqkv is None:
+            _fuse_into(self, ("wq", "wk", "wv"), "wqkv")
 
     def forward(
         self,
         x: torch.Tensor,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
-        k = self.wk(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
-        v = self.wv(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        if self.wqkv is not None:
+            q, k, v = self.wqkv(x)
+        else:
+            q, k, v = _run(self.wq, x), _run(self.wk, x), _run(self.wv, x)
+        q = q.view(bsz, seqlen, self.n_local_heads, self.head_dim)
+        k = k.view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        v = v.view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         if self.kv_cache is not None:
@@ -255,7 +348,7 @@ class Attention(nn.Module):
             v = v.repeat_interleave(self.n_rep, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         out = out.transpose(1, 2).reshape(bsz, seqlen, -1).to(x.dtype)
-        return self.wo(out)
+        return _run(self.wo, out)
 
 
 class FeedForward(nn.Module):
@@ -266,9 +359,19 @@ class FeedForward(nn.Module):
         self.w1 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=_keep)
         self.w2 = RowParallelLinear(hidden_dim, dim, bias=False, input_is_parallel=True, init_method=_keep)
         self.w3 = ColumnParallelLinear(dim, hidden_dim, bias=False, gather_output=False, init_method=_keep)
+        self.w13: _FusedLinear | None = None
+
+    def fuse(self) -> None:
+        """Replace w1, w3 by one `w13` matmul (this rank's shards). Idempotent."""
+        if self.w13 is None:
+            _fuse_into(self, ("w1", "w3"), "w13")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is not None:
+            gate, up = self.w13(x)
+        else:
+            gate, up = _run(self.w1, x), _run(self.w3, x)
+        return _run(self.w2, F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -285,7 +388,7 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
@@ -340,7 +443,7 @@ class Transformer(nn.Module):
                 continue
             if isinstance(module, VocabParallelEmbedding):
                 std = 1.0
-            elif isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+            elif isinstance(module, (ColumnParallelLinear, RowParallelLinear, _FusedLinear)):
                 std = module.in_features**-0.5
             else:
                 continue
@@ -375,6 +478,22 @@ class Transformer(nn.Module):
                 max_batch_size, attn.n_local_kv_heads, max_seq_len, attn.head_dim, device=device, dtype=dtype
             )
 
+    def fuse(self) -> Transformer:
+        """Fuse each layer's q/k/v and gate/up projections into one matmul each; returns `self`.
+
+        Works per model-parallel shard (each rank concatenates its own rows), is idempotent, and
+        leaves `state_dict()` / `load_state_dict()` with Meta's unfused names. Call after loading.
+        """
+        for layer in self.layers:
+            layer.attention.fuse()
+            layer.feed_forward.fuse()
+        return self
+
+    @property
+    def fused(self) -> bool:
+        """Whether `fuse()` has been applied."""
+        return bool(len(self.layers)) and self.layers[0].attention.wqkv is not None
+
     def clear_cache(self) -> None:
         """Drop the KV caches (frees their memory); `forward` then runs without a cache."""
         for layer in self.layers:
@@ -396,7 +515,7 @@ class Transformer(nn.Module):
             )
         if start_pos != 0 and self.cache is None:
             raise UsageError("start_pos > 0 needs a KV cache holding the earlier positions: call setup_cache")
-        h = self.tok_embeddings(tokens)
+        h = _run(self.tok_embeddings, tokens)
         cos = self.rope.cos[start_pos : start_pos + seqlen]
         sin = self.rope.sin[start_pos : start_pos + seqlen]
         mask: torch.Tensor | None = None
@@ -409,4 +528,28 @@ class Transformer(nn.Module):
                 mask = mask.tril(diagonal=start_pos)
         for layer in self.layers:
             h = layer(h, start_pos, cos, sin, mask, is_causal)
-        return self.output(self.norm(h)).float()
+        return _run(self.output, self.norm(h)).float()
+
+    def forward_at(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """`tokens [B, T]` at positions `input_pos [T]` (a long tensor on the model's device) -> logits.
+
+        Every shape is fixed by the KV cache, whatever the positions: the attention runs over the
+        whole cache with a mask derived from `input_pos` (position p sees keys 0..p), so one compiled
+        graph serves every step of a decode. Needs `setup_cache`; positions are not range-checked
+        (that would synchronise with the device), so keep them below the cache length.
+        """
+        if self.cache is None:
+            raise UsageError("forward_at needs a KV cache: call setup_cache")
+        if tokens.dim() != 2 or input_pos.dim() != 1 or input_pos.shape[0] != tokens.shape[1]:
+            raise UsageError(
+                f"forward_at needs tokens [batch, seq] and input_pos [seq], got shapes "
+                f"{tuple(tokens.shape)} and {tuple(input_pos.shape)}"
+            )
+        h = _run(self.tok_embeddings, tokens)
+        cos = self.rope.cos.index_select(0, input_pos)
+        sin = self.rope.sin.index_select(0, input_pos)
+        keys = torch.arange(self.cache.max_seq_len, device=input_pos.device)
+        mask = keys[None, :] <= input_pos[:, None]  # [T, cache_len]
+        for layer in self.layers:
+            h = layer(h, input_pos, cos, sin, mask, False)
+        return _run(self.output, self.norm(h)).float()
