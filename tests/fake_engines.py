@@ -25,6 +25,7 @@ engine's own 404 body. Test code, not part of the package.
 
 from __future__ import annotations
 
+import codecs
 import json
 import socket
 import threading
@@ -81,6 +82,7 @@ class FakeEngine:
         self.prompts: list[list[int]] = []
         self.completions: list[list[int]] = []
         self.failures: deque[Failure] = deque()
+        self.failures_at: dict[int, Failure] = {}
         self.attempts = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -93,7 +95,12 @@ class FakeEngine:
         return f"http://{host}:{port}"
 
     def fail(self, *failures: Failure) -> None:
+        """The next completion requests get these failures, in order."""
         self.failures.extend(failures)
+
+    def fail_at(self, attempt: int, failure: Failure) -> None:
+        """Completion request number `attempt` (1-based, counting every request) gets `failure`."""
+        self.failures_at[attempt] = failure
 
     def __enter__(self) -> FakeEngine:
         self._thread.start()
@@ -130,6 +137,11 @@ class FakeEngine:
                 return generated, "stop"
         return generated, "length"
 
+    def _pieces(self, ids: list[int]) -> list[str]:
+        """Each id's text as an engine streams it: UTF-8 split across ids is held until whole."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return [decoder.decode(self.tokenizer.decode_bytes([token])) for token in ids]
+
     def _served(self, name: str | None) -> bool:
         if self.kind == "llamacpp" or (name is None and self.kind == "openai"):
             return True
@@ -153,10 +165,10 @@ class FakeEngine:
             options = body.get("options") or {}
             ids, why = self._generate(self._prompt_ids(body["prompt"]), options.get("num_predict", 128))
             events = []
-            for token in ids:
+            for token, piece in zip(ids, self._pieces(ids), strict=True):
                 if token in tok.stop_tokens:
                     break
-                events.append({"model": body["model"], "response": tok.decode([token]), "done": False})
+                events.append({"model": body["model"], "response": piece, "done": False})
             events.append(
                 {
                     "model": body["model"],
@@ -172,10 +184,10 @@ class FakeEngine:
         if self.kind == "llamacpp":
             ids, why = self._generate(self._prompt_ids(body["prompt"]), body.get("n_predict", 128))
             events = []
-            for token in ids:
+            for token, piece in zip(ids, self._pieces(ids), strict=True):
                 if token in tok.stop_tokens:
                     break
-                events.append({"content": tok.decode([token]), "tokens": [token], "stop": False, "index": 0})
+                events.append({"content": piece, "tokens": [token], "stop": False, "index": 0})
             eos = why == "stop"
             events.append(
                 {
@@ -200,13 +212,13 @@ class FakeEngine:
         )
         chunks = []
         stop_reason: int | str | None = None
-        for token in ids:
+        for token, piece in zip(ids, self._pieces(ids), strict=True):
             special = token >= tok.bos_id
             if token in tok.stop_tokens:
                 stop_reason = None if token == tok.eot_id else token
                 if not keep_stop:
                     break
-            text = tok.decode([token])
+            text = piece
             if special and self.kind == "vllm" and body.get("skip_special_tokens", True):
                 text = ""
             chunks.append({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
@@ -293,6 +305,7 @@ class FakeEngine:
                     engine.requests.append(body)
                     engine.attempts += 1
                     failure = engine.failures.popleft() if engine.failures else None
+                    failure = engine.failures_at.pop(engine.attempts, failure)
                 if not engine._served(body.get("model")):
                     self._json(404, engine._not_found(body.get("model")))
                     return

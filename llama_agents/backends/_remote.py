@@ -263,6 +263,9 @@ class RemoteBackend:
                     f"tokens ({type(e).__name__}: {e or 'connection lost'}); nothing was added to the "
                     "conversation, the step can be retried"
                 ) from e
+            if not end.finished and yielded == 0 and attempt < self.settings.max_attempts:
+                self._wait(attempt, None, "the stream ended before the reply began")
+                continue
             break
         if not end.finished:
             raise BackendError(
