@@ -5,12 +5,18 @@ that sampling is reproducible across a whole run, and exposes the generator's `l
 (prefilled / reused / generated, timings) and `max_seq_len`. Because the agent only ever appends
 to a conversation, each call after the first prefills only the new tokens.
 
+Under torchrun (model parallel), only rank 0 gets a usable backend: on every other rank the
+constructor runs `parallel.run_worker` (taking part in each forward pass rank 0 runs) and then ends
+the process quietly with `SystemExit` (status 0 when rank 0 finished, 1 when it vanished), so scripts,
+examples and the CLI work unchanged under `torchrun --nproc-per-node N`.
+
 What it does not do: batching, several conversations at once (they would evict each other's cache:
 correct, only slower), or running the model in another process or machine.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -18,9 +24,12 @@ from typing import Any
 import torch
 
 from ..llama.generation import GenerationStats, Llama
+from ..llama.parallel import ParallelError, run_worker
 from ..llama.tokenizer import Tokenizer
 
 __all__ = ["LocalBackend"]
+
+logger = logging.getLogger(__name__)
 
 
 class LocalBackend:
@@ -32,6 +41,13 @@ class LocalBackend:
     """
 
     def __init__(self, llama: Llama, *, seed: int | None = None) -> None:
+        if llama.parallel is not None and not llama.parallel.is_leader:
+            try:
+                run_worker(llama)
+            except ParallelError as e:
+                logger.error("%s", e)
+                raise SystemExit(1) from e
+            raise SystemExit(0)
         self.llama = llama
         self.generator: torch.Generator | None = None
         if seed is not None:

@@ -16,7 +16,11 @@ Length policy: a prompt needs room for at least one generated token (`len(prompt
 else `PromptTooLongError` is raised before any work. `max_gen_len` is clipped to the room left
 (`max_seq_len - len(prompt)`), so prompt plus generation never exceeds `max_seq_len`.
 
-What it does not do: model parallelism, speculative decoding, continuous batching, or thread
+Model parallel: under torchrun, `build` starts torch.distributed and fairscale's group (see
+`parallel.py`), puts each rank on `cuda:$LOCAL_RANK` and loads its shard; rank 0 then drives
+generation and announces every forward pass to the other ranks, which follow in `run_worker`.
+
+What it does not do: speculative decoding, continuous batching, or thread
 safety: one `Llama` runs one generation at a time (a stream left open is invalidated, with a clear
 error, when another generation starts on the same object).
 """
@@ -38,6 +42,7 @@ from .args import ModelArgs
 from .chat_format import ChatFormat
 from .checkpoint import load_checkpoint, load_tokenizer, resolve_checkpoint_dir
 from .model import Transformer
+from .parallel import Coordinator, init_distributed, launched_world_size, local_device
 from .tokenizer import Tokenizer
 
 __all__ = ["GenerationResult", "GenerationStats", "Llama", "default_device", "default_dtype"]
@@ -141,6 +146,8 @@ class Llama:
         # Bumped whenever a generation starts; an open stream checks it before touching the cache.
         self._epoch = 0
         self._stop_ids = torch.tensor(sorted(tokenizer.stop_tokens), dtype=torch.long)
+        # Model parallel: keeps the ranks in step (set by `build` when the world has several ranks).
+        self.parallel: Coordinator | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -159,7 +166,8 @@ class Llama:
         """Load a checkpoint (Meta `.pth` or HF safetensors layout, local or URL), allocate the KV cache.
 
         max_seq_len: the context (KV cache and RoPE table length). max_batch_size: the most prompts
-        one `generate` call takes. device: default CUDA if available, else CPU. dtype: default
+        one `generate` call takes. device: default CUDA if available (`cuda:$LOCAL_RANK` under
+        torchrun, each rank then loading its model-parallel shard), else CPU. dtype: default
         bfloat16 on CUDA, float32 on CPU. tokenizer: a `Tokenizer` or a path to a `tokenizer.model`;
         by default the checkpoint's own. progress: show a loading bar on stderr.
         """
@@ -167,9 +175,15 @@ class Llama:
             raise UsageError(f"max_seq_len must be an int >= 2, got {max_seq_len!r}")
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise UsageError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+        several_ranks = launched_world_size() > 1
         dev = torch.device(device) if device is not None else default_device()
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"device {dev} was asked for but CUDA is not available; pass device='cpu'")
+        if several_ranks and dev.type == "cuda" and dev.index is None:
+            dev = local_device()  # each rank on its own GPU: cuda:$LOCAL_RANK
+        init_distributed(dev)
+        is_leader = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        progress = progress and is_leader  # one progress bar, rank 0's
         dt = dtype if dtype is not None else default_dtype(dev)
 
         start = time.perf_counter()
@@ -186,7 +200,10 @@ class Llama:
         model.eval()
         model.setup_cache(max_batch_size, max_seq_len, device=dev, dtype=dt)
         logger.info("built Llama from %s on %s (%s) in %.2fs", ckpt_dir, dev, dt, time.perf_counter() - start)
-        return cls(model, tok, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+        llama = cls(model, tok, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+        if torch.distributed.get_world_size() > 1:
+            llama.parallel = Coordinator()
+        return llama
 
     @property
     def device(self) -> torch.device:
@@ -260,9 +277,15 @@ class Llama:
         # If the forward fails midway, positions >= start_pos hold garbage: forget them first.
         del self._cached[start_pos:]
         x = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        logits = self.model.forward(x, start_pos)
+        logits = self._run_model(x, start_pos)
         self._cached.extend(tokens)
         return logits[:, -1]
+
+    def _run_model(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """One forward pass; under model parallelism rank 0 first tells the other ranks to run it too."""
+        if self.parallel is not None and self.parallel.is_leader:
+            self.parallel.announce(tokens, start_pos)
+        return self.model.forward(tokens, start_pos)
 
     @torch.inference_mode()
     def _stream(
@@ -373,7 +396,7 @@ class Llama:
         stop_ids = self._stop_ids.to(device)
         prev = 0
         for cur in range(min(lengths), total_len):
-            logits = self.model.forward(tokens[:, prev:cur], prev)
+            logits = self._run_model(tokens[:, prev:cur], prev)
             nxt = sample_next_token(logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
             nxt = torch.where(is_prompt[:, cur], tokens[:, cur], nxt)
             tokens[:, cur] = nxt
