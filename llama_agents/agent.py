@@ -41,7 +41,7 @@ from llama_agents._events import (
 )
 from llama_agents._text_stream import AnswerTextStream
 from llama_agents.backends.base import Backend, read_stats
-from llama_agents.errors import PromptTooLongError, UsageError
+from llama_agents.errors import PromptTooLongError, RunLimitExceeded, UsageError
 from llama_agents.llama.chat_format import ChatFormat
 from llama_agents.prompts import render_system_prompt, render_tool_definitions
 from llama_agents.tools.base import Tool, tool
@@ -405,12 +405,23 @@ class Agent:
                 pending.append(_done(ToolRun(call=call, content=content, is_error=True)))
                 continue
             pending.append(asyncio.ensure_future(_call_tool(found, call)))
+        # A developer error inside a tool (a rejected API key) stops the run, but only once every
+        # call of the reply has its result in the transcript, so the dialog stays whole and the
+        # session can go on once the problem is fixed.
+        failure: BaseException | None = None
         try:
-            for future in pending:
-                yield await future
+            for call, future in zip(calls, pending):
+                try:
+                    run = await future
+                except (UsageError, RunLimitExceeded) as e:
+                    failure = failure or e
+                    run = ToolRun(call=call, content=f"Error: {call.name} could not run: {e}", is_error=True)
+                yield run
         finally:
             for future in pending:
                 future.cancel()
+        if failure is not None:
+            raise failure
 
 
 async def _call_tool(found: Tool, call: ToolCall) -> ToolRun:

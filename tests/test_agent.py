@@ -454,6 +454,35 @@ def test_builtin_search_call_ipython_result_then_answer(tokenizer):
     assert "<|eom_id|><|start_header_id|>ipython<|end_header_id|>\n\n" + run.content + "<|eot_id|>" in text
 
 
+def test_rejected_api_key_raises_but_keeps_the_dialog_whole(tokenizer):
+    from http_replay import ReplayServer, Reply
+
+    from llama_agents.errors import ToolConfigurationError
+    from llama_agents.tools import BraveSearch
+
+    with ReplayServer() as server:
+        server.script("/res/v1/web/search", Reply(status=401, body={"error": "invalid token"}))
+        search = BraveSearch(api_key="bad-key", base_url=server.base_url)
+        replies = [
+            '<|python_tag|>brave_search.call(query="gold")\nbrave_search.call(query="silver")<|eom_id|>',
+            "Sorry, search is not available.<|eot_id|>",
+        ]
+        agent, backend = make_agent(tokenizer, replies, tools=[search])
+        with pytest.raises(ToolConfigurationError, match="rejected"):
+            agent.run("Price of gold and silver?")
+    # Both calls have a result in the transcript, so the dialog is valid and the session goes on.
+    *_, call, first, second = agent.messages
+    assert call.role == "assistant" and len(call.tool_calls) == 2
+    assert [m.role for m in (first, second)] == ["tool", "tool"]
+    assert [m.call_id for m in (first, second)] == [c.call_id for c in call.tool_calls]
+    assert "could not run" in first.content
+    result = agent.run("Never mind.")
+    assert result.answer == "Sorry, search is not available."
+    assert backend.prompts[1] == ChatFormat(tokenizer).encode_dialog_prompt(
+        agent.messages[:-1], ToolPromptFormat.json
+    )
+
+
 @pytest.fixture
 def interpreter():
     from llama_agents.tools.code_interpreter import CodeInterpreter
