@@ -410,7 +410,7 @@ class Agent:
         # session can go on once the problem is fixed.
         failure: BaseException | None = None
         try:
-            for call, future in zip(calls, pending):
+            for call, future in zip(calls, pending, strict=True):
                 try:
                     run = await future
                 except (UsageError, RunLimitExceeded) as e:
