@@ -16,6 +16,14 @@ Length policy: a prompt needs room for at least one generated token (`len(prompt
 else `PromptTooLongError` is raised before any work. `max_gen_len` is clipped to the room left
 (`max_seq_len - len(prompt)`), so prompt plus generation never exceeds `max_seq_len`.
 
+Speed: `build` fuses each layer's q/k/v and gate/up projections (`Transformer.fuse`). Single-token
+steps (decode) go through `torch.compile(Transformer.forward_at)` (`_decode.py`): fixed shapes, the
+position as a device tensor, CUDA graphs on GPU (`mode="reduce-overhead"`). Prompts are prefilled
+eagerly through SDPA. `compile=None` (default) compiles on CUDA only; `LLAMA_AGENTS_COMPILE=0/1`
+decides when the argument is None; `compile_stats` says what was chosen and what it cost. Sampling is
+the eager sampler, on the device, on the step's logits. The host waits on the device once per token,
+to read the sampled id (the stop check).
+
 Model parallel: under torchrun, `build` starts torch.distributed and fairscale's group (see
 `parallel.py`), puts each rank on `cuda:$LOCAL_RANK` and loads its shard; rank 0 then drives
 generation and announces every forward pass to the other ranks, which follow in `run_worker`.
@@ -37,6 +45,7 @@ import torch
 
 from ..errors import PromptTooLongError, UsageError
 from ..types import Message, StopReason, ToolPromptFormat
+from ._decode import CompileStats, DecodeStep, resolve_compile
 from ._sampling import check_sampling_params, sample_next_token, token_logprobs
 from .args import ModelArgs
 from .chat_format import ChatFormat
@@ -124,6 +133,7 @@ class Llama:
         *,
         max_seq_len: int,
         max_batch_size: int = 1,
+        compile: bool | None = None,
     ) -> None:
         cache = model.cache
         if cache is None or cache.max_seq_len < max_seq_len or cache.max_batch_size < max_batch_size:
@@ -148,6 +158,15 @@ class Llama:
         self._stop_ids = torch.tensor(sorted(tokenizer.stop_tokens), dtype=torch.long)
         # Model parallel: keeps the ranks in step (set by `build` when the world has several ranks).
         self.parallel: Coordinator | None = None
+        # The compiled single-token step, compiled and warmed up here, once (see _decode.py).
+        enabled, reason = resolve_compile(compile, model.device, model.model_parallel_size)
+        self._decode: DecodeStep | None = None
+        self.compile_stats = CompileStats(enabled=False, reason=reason)
+        if enabled:
+            self._decode = DecodeStep(model, max_seq_len)
+            warmup_s = self._decode.warm_up(1)
+            self.compile_stats = CompileStats(True, reason, self._decode.mode, warmup_s)
+        logger.info("decode step: %s", self.compile_stats)
 
     # ------------------------------------------------------------------ construction
 
@@ -162,6 +181,7 @@ class Llama:
         dtype: torch.dtype | None = None,
         tokenizer: Tokenizer | str | os.PathLike[str] | None = None,
         progress: bool = True,
+        compile: bool | None = None,
     ) -> Llama:
         """Load a checkpoint (Meta `.pth` or HF safetensors layout, local or URL), allocate the KV cache.
 
@@ -169,7 +189,10 @@ class Llama:
         one `generate` call takes. device: default CUDA if available (`cuda:$LOCAL_RANK` under
         torchrun, each rank then loading its model-parallel shard), else CPU. dtype: default
         bfloat16 on CUDA, float32 on CPU. tokenizer: a `Tokenizer` or a path to a `tokenizer.model`;
-        by default the checkpoint's own. progress: show a loading bar on stderr.
+        by default the checkpoint's own. progress: show a loading bar on stderr. compile: run decode
+        steps through `torch.compile` (True), eagerly (False), or None: `$LLAMA_AGENTS_COMPILE` if set,
+        else compiled on CUDA only; compiling costs once, here (`compile_stats.warmup_s`).
+        The projections are fused after loading (`Transformer.fuse`) in every case.
         """
         if not isinstance(max_seq_len, int) or max_seq_len < 2:
             raise UsageError(f"max_seq_len must be an int >= 2, got {max_seq_len!r}")
@@ -198,9 +221,10 @@ class Llama:
             local_dir, device=dev, dtype=dt, max_seq_len=max_seq_len, progress=progress, tokenizer=tok
         )
         model.eval()
+        model.fuse()
         model.setup_cache(max_batch_size, max_seq_len, device=dev, dtype=dt)
         logger.info("built Llama from %s on %s (%s) in %.2fs", ckpt_dir, dev, dt, time.perf_counter() - start)
-        llama = cls(model, tok, max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+        llama = cls(model, tok, max_seq_len=max_seq_len, max_batch_size=max_batch_size, compile=compile)
         if torch.distributed.get_world_size() > 1:
             llama.parallel = Coordinator()
         return llama
@@ -285,6 +309,8 @@ class Llama:
         """One forward pass; under model parallelism rank 0 first tells the other ranks to run it too."""
         if self.parallel is not None and self.parallel.is_leader:
             self.parallel.announce(tokens, start_pos)
+        if self._decode is not None and tokens.shape[1] == 1:
+            return self._decode(tokens, start_pos)
         return self.model.forward(tokens, start_pos)
 
     @torch.inference_mode()

@@ -145,10 +145,14 @@ def _fuse_into(module: nn.Module, parts: tuple[str, ...], fused: str) -> None:
         for name, piece in zip(parts, whole.split(getattr(mod, fused).sizes, dim=0), strict=True):
             state[prefix + name + ".weight"] = piece
 
-    def load_unfused(_mod: nn.Module, state: dict[str, Any], prefix: str, *_args: Any) -> None:
+    def load_unfused(_mod: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
         keys = [prefix + name + ".weight" for name in parts]
-        if all(k in state for k in keys):
+        missing = [k for k in keys if k not in state]
+        if not missing:
             state[prefix + fused + ".weight"] = torch.cat([state.pop(k) for k in keys], dim=0)
+        elif len(missing) < len(keys):  # some parts only: the fused weight cannot be built
+            error_msgs = args[-1]
+            error_msgs.append(f"Missing key(s) in state_dict: {', '.join(map(repr, missing))}.")
 
     module.register_state_dict_post_hook(save_unfused)
     module.register_load_state_dict_pre_hook(load_unfused)
