@@ -15,8 +15,11 @@ request's token limit, and streams it one token per event in the engine's own sh
   `stop_reason`.
 - `ollama`: `/api/tags`, `/api/generate` NDJSON lines with `response`, the last `done: true`,
   `done_reason`, `prompt_eval_count`; the stop token is stripped, as Ollama does.
-- `llamacpp`: `/props`, `/completion` SSE chunks `{"content", "tokens", "stop": false}` and a last
-  `{"stop": true, "stop_type", "stopped_eos", "stopping_word", "timings"}`; the EOS token is not sent.
+- `llamacpp`: `/props`, `/completion` SSE chunks `{"content", "tokens": [id], "stop": false}` (special
+  tokens rendered as "", the end-of-generation token sent as its own chunk, no chunk for a token
+  that ends inside a UTF-8 character) and a last `{"stop": true, "stop_type", "stopping_word",
+  "timings"}`; a prompt of `max_model_len` (n_ctx) tokens or more gets HTTP 400
+  `exceed_context_size_error`.
 
 Failures are scripted per completion request with `fail(...)`: an HTTP status (429 / 503 with
 `Retry-After`, 500, ...), or a connection dropped after n events. Unknown model names get the
@@ -149,13 +152,35 @@ class FakeEngine:
 
     def _not_found(self, name: str | None) -> dict[str, Any]:
         if self.kind == "ollama":
-            return {"error": f"model '{name}' not found"}
+            # ollama server/routes.go: 404 gin.H{"error": fmt.Sprintf("model %q not found, try
+            # pulling it first", name)}
+            return {"error": f'model "{name}" not found, try pulling it first'}
+        # vLLM entrypoints/openai/protocol.py ErrorResponse{error: ErrorInfo} (older vLLM sent the
+        # ErrorInfo fields at the top level with "object": "error"; describe_error reads both)
         return {
-            "object": "error",
-            "message": f"The model `{name}` does not exist.",
-            "type": "NotFoundError",
-            "param": None,
-            "code": 404,
+            "error": {
+                "message": f"The model `{name}` does not exist.",
+                "type": "NotFoundError",
+                "param": None,
+                "code": 404,
+            }
+        }
+
+    def _too_long(self, prompt_ids: list[int]) -> dict[str, Any] | None:
+        """llama.cpp's refusal of a prompt that does not fit the slot (server-context.cpp: a
+        prompt of n_ctx tokens or more; server-common.cpp format_error_response): HTTP 400."""
+        if self.kind != "llamacpp" or not self.max_model_len or len(prompt_ids) < self.max_model_len:
+            return None
+        n, ctx = len(prompt_ids), self.max_model_len
+        return {
+            "error": {
+                "code": 400,
+                "message": f"request ({n} tokens) exceeds the available context size ({ctx} tokens), "
+                "try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": n,
+                "n_ctx": ctx,
+            }
         }
 
     def _events(self, body: dict[str, Any]) -> tuple[list[bytes], bool]:
@@ -182,24 +207,50 @@ class FakeEngine:
             )
             return [json.dumps(e).encode() + b"\n" for e in events], True
         if self.kind == "llamacpp":
-            ids, why = self._generate(self._prompt_ids(body["prompt"]), body.get("n_predict", 128))
+            # As llama.cpp's server does (tools/server/server-context.cpp `process_token`,
+            # `send_partial_response`; server-task.cpp `to_json_non_oaicompat`): one event per
+            # token with `tokens: [id]` (always, when streaming); special tokens rendered as ""
+            # (a server started without --special); a token ending inside a UTF-8 character sends
+            # no event, the next one carries the whole character but only its own id; the EOG
+            # token is sent as its own event; the last event has `stop_type` and `stopping_word`
+            # (no `stopped_eos` / `stopped_word` / `stopped_limit` since late 2024).
+            prompt_ids = self._prompt_ids(body["prompt"])
+            n_predict = body.get("n_predict", -1)  # -1 (the default): until EOS
+            ids, why = self._generate(prompt_ids, n_predict if n_predict >= 0 else 1 << 30)
             events = []
-            for token, piece in zip(ids, self._pieces(ids), strict=True):
-                if token in tok.stop_tokens:
-                    break
-                events.append({"content": piece, "tokens": [token], "stop": False, "index": 0})
-            eos = why == "stop"
+            held = b""
+            for n, token in enumerate(ids, 1):
+                held += b"" if token >= tok.bos_id else tok.decode_bytes([token])
+                try:
+                    text = held.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                held = b""
+                events.append(
+                    {
+                        "index": 0,
+                        "content": text,
+                        "tokens": [token],
+                        "stop": False,
+                        "id_slot": 0,
+                        "tokens_predicted": n,
+                        "tokens_evaluated": len(prompt_ids),
+                    }
+                )
             events.append(
                 {
+                    "index": 0,
                     "content": "",
                     "tokens": [],
+                    "id_slot": 0,
                     "stop": True,
-                    "stop_type": "eos" if eos else "limit",
-                    "stopped_eos": eos,
-                    "stopped_word": False,
-                    "stopped_limit": not eos,
-                    "stopping_word": "",
+                    "model": "gpt-3.5-turbo",
                     "tokens_predicted": len(ids),
+                    "tokens_evaluated": len(prompt_ids),
+                    "truncated": False,
+                    "stop_type": "eos" if why == "stop" else "limit",
+                    "stopping_word": "",
+                    "tokens_cached": len(prompt_ids) + len(ids) - 1,
                     "timings": {"prompt_n": 5, "predicted_n": len(ids)},
                 }
             )
@@ -308,6 +359,10 @@ class FakeEngine:
                     failure = engine.failures_at.pop(engine.attempts, failure)
                 if not engine._served(body.get("model")):
                     self._json(404, engine._not_found(body.get("model")))
+                    return
+                too_long = engine._too_long(engine._prompt_ids(body["prompt"])) if "prompt" in body else None
+                if too_long is not None:
+                    self._json(400, too_long)
                     return
                 if failure is not None and failure.drop_after is None:
                     payload = failure.body or {"error": {"message": f"HTTP {failure.status}"}}

@@ -13,7 +13,7 @@ from llama_agents.agent import Agent
 from llama_agents.backends import LlamaCppBackend, OllamaBackend, OpenAIBackend, VLLMBackend
 from llama_agents.backends._remote import RemoteSettings
 from llama_agents.backends.remote import connect, is_remote_url, parse_url
-from llama_agents.errors import BackendError, UsageError
+from llama_agents.errors import BackendError, PromptTooLongError, UsageError
 from llama_agents.llama.chat_format import ChatFormat
 from llama_agents.types import Message, StopReason
 
@@ -80,6 +80,36 @@ def test_request_shapes_follow_each_engine(tokenizer):
             assert body["prompt"] == ids and body["n_predict"] == 64 and body["stop"] == stops
 
 
+@pytest.mark.parametrize("kind", ENGINE_KINDS)
+def test_characters_split_across_tokens_and_held_back_text(kind, tokenizer):
+    # 🦙 is three byte-level tokens: llama.cpp sends no event for the first two and then the whole
+    # character with only the last id; " <" may begin a stop word, so llama.cpp holds it back.
+    reply = "🦙 a < b 日本語<|eot_id|>"
+    with engine(kind, tokenizer, [reply]) as server:
+        backend = connect(server.url, tokenizer=tokenizer, settings=FAST)
+        assert complete(backend, tokenizer) == tokenizer.encode(reply, allowed_special="all")
+
+
+def test_llamacpp_events_carry_ids_and_the_stop_token(tokenizer):
+    with engine("llamacpp", tokenizer, [CALL]) as server:
+        backend = connect(server.url, tokenizer=tokenizer, settings=FAST)
+        assert complete(backend, tokenizer) == tokenizer.encode(CALL, allowed_special="all")
+        assert "return_tokens" not in server.requests[0]  # streamed events carry ids anyway
+        assert backend.last_stats.prefilled == 5
+
+
+def test_a_prompt_the_server_cannot_fit_stops_the_run_cleanly(tokenizer):
+    n = len(prompt(tokenizer))
+    with engine("llamacpp", tokenizer, [ANSWER], max_model_len=n) as server:
+        assert connect(server.url, tokenizer=tokenizer).max_seq_len == n  # /props n_ctx
+        with pytest.raises(PromptTooLongError, match="max_seq_len"):
+            complete(connect(server.url, tokenizer=tokenizer), tokenizer)
+        backend = LlamaCppBackend(server.url, tokenizer, settings=FAST)  # context not known here
+        with pytest.raises(PromptTooLongError, match=r"exceeds the available context size \(\d+ tokens\)"):
+            complete(backend, tokenizer)
+        assert server.attempts == 1  # a 400 is not retried
+
+
 def test_url_forms():
     assert parse_url("vllm+http://h:8000/v1#meta/Llama") == ("vllm", "http://h:8000", "meta/Llama")
     assert parse_url("http://h:11434/api?model=llama3.1") == (None, "http://h:11434", "llama3.1")
@@ -106,7 +136,7 @@ def test_ollama_model_name_and_latest(tokenizer):
         backend = connect(f"{server.url}#llama3.1", tokenizer=tokenizer)
         assert complete(backend, tokenizer)[-1] == tokenizer.eot_id
         backend = connect(server.url, tokenizer=tokenizer, model="mistral", probe=False, engine="ollama")
-        with pytest.raises(UsageError, match="does not serve the model 'mistral'"):
+        with pytest.raises(UsageError, match=r"does not serve the model 'mistral'.*try pulling it first"):
             complete(backend, tokenizer)
 
 

@@ -37,7 +37,7 @@ import httpx
 from llama_agents.errors import BackendError, PromptTooLongError, UsageError
 from llama_agents.llama.tokenizer import Tokenizer
 
-__all__ = ["RemoteBackend", "RemoteSettings", "RemoteStats", "StreamEnd"]
+__all__ = ["RemoteBackend", "RemoteSettings", "RemoteStats", "StreamEnd", "stream_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,18 +227,24 @@ class RemoteBackend:
             end = StreamEnd()
             yielded = 0
             ttft: float | None = None
+            complete = False  # the reply is whole; what follows is the end marker and statistics
             try:
                 with self._client.stream("POST", url, json=body) as response:
                     self._check_status(response)
                     for piece in self._events(response, end):
+                        if complete:
+                            continue
                         for token in retokenizer.feed(piece):
                             if ttft is None:
                                 ttft = time.monotonic() - started
                             yield token
                             yielded += 1
                             if yielded >= max_tokens or token in self.tokenizer.stop_tokens:
-                                self._finish(n_prompt, yielded, end, ttft, started)
-                                return
+                                complete = True
+                                break
+                if complete:
+                    self._finish(n_prompt, yielded, end, ttft, started)
+                    return
             except _Retry as e:
                 if yielded or attempt >= self.settings.max_attempts:
                     raise BackendError(
@@ -254,7 +260,13 @@ class RemoteBackend:
                     ) from e
                 self._wait(attempt, None, f"cannot connect: {e}")
                 continue
-            except httpx.TransportError as e:
+            except (httpx.TransportError, BackendError) as e:
+                if complete:  # lost only the end marker or statistics after the whole reply
+                    logger.debug("%s: stream ended after the reply without its end: %s", self.engine, e)
+                    self._finish(n_prompt, yielded, end, ttft, started)
+                    return
+                if isinstance(e, BackendError):
+                    raise
                 if yielded == 0 and attempt < self.settings.max_attempts:
                     self._wait(attempt, None, f"{type(e).__name__}: {e}")
                     continue
@@ -325,7 +337,7 @@ class RemoteBackend:
                 "LLAMA_AGENTS_API_KEY"
             )
         low = message.lower()
-        if "context" in low and ("length" in low or "exceed" in low or "too long" in low):
+        if _says_too_long(message):
             raise PromptTooLongError(f"{where} says the prompt is too long: {message}")
         if status == 404 and "model" in low:
             raise UsageError(f"{where} does not serve the model {self.model!r}: {message}")
@@ -417,6 +429,24 @@ def describe_error(payload: Any) -> str:
         if isinstance(payload.get("detail"), str):
             return payload["detail"]
     return str(payload)[:300]
+
+
+def _says_too_long(message: str) -> bool:
+    """Whether an engine's error message says the prompt does not fit its context: llama.cpp's
+    "request (N tokens) exceeds the available context size (M tokens)", vLLM's "This model's
+    maximum context length is M tokens...", OpenAI's "context_length_exceeded"."""
+    low = message.lower()
+    return "context" in low and ("length" in low or "exceed" in low or "too long" in low)
+
+
+def stream_error(engine: str, payload: Any) -> Exception:
+    """The exception for an error an engine sent inside a stream (an SSE `error:` event or a JSON
+    line with `error`): `PromptTooLongError` when it says the prompt does not fit, else
+    `BackendError`."""
+    message = describe_error(payload)
+    if _says_too_long(message):
+        return PromptTooLongError(f"the {engine} server says the prompt is too long: {message}")
+    return BackendError(f"the {engine} server failed mid-reply: {message}")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -1,15 +1,26 @@
 """The llama.cpp server's native endpoint (`POST /completion`), streamed as server-sent events.
 
-What it does: sends the prompt as token ids (llama.cpp uses an id array as it is: nothing is
-re-tokenized and no second `<|begin_of_text|>` is added), with `n_predict`, the three Llama stop
-tokens as `stop` words, `cache_prompt: true` (reuse the slot's KV cache for the shared prefix) and
-`return_tokens: true`: where the server sends each piece's ids (`tokens`) they are used exactly;
-otherwise its `content` text is re-tokenized. The last event has `stop: true` and says why:
-`stop_type` (`eos`, `word`, `limit`) or, in older servers, `stopped_eos` / `stopped_word` /
-`stopped_limit` and `stopping_word`. `timings.prompt_n` is the prompt ids it evaluated.
+What it does: sends the prompt as token ids (llama.cpp uses an id array as it is: it adds BOS only to
+a prompt that is a string or starts with one, so no second `<|begin_of_text|>`), with `n_predict`,
+the three Llama stop tokens as `stop` words and `cache_prompt: true` (reuse the slot's KV cache for
+the shared prefix).
 
-Start `llama-server` with `--special` (`-sp`) where the server does not return token ids, so
-`<|python_tag|>` is written into the text.
+What the server sends (checked against llama.cpp `tools/server/README.md` and
+`server-context.cpp` / `server-task.cpp`): one event per sampled token,
+`{"content", "tokens": [id], "stop": false, ...}` (streamed events always carry the id;
+`return_tokens` only fills `tokens` of a non-streamed reply). `content` renders special tokens only
+when the server runs with `--special`, so without it `<|python_tag|>` arrives as `""` with its id.
+A token that ends inside a UTF-8 character sends no event; the next event has the whole character
+in `content` but only its own id. Text that may begin a stop word is held back (`content` `""`)
+and sent with a later event. The end-of-generation token (`<|eot_id|>`, `<|eom_id|>`,
+`<|end_of_text|>`: all EOG in a Llama 3.1 GGUF) is sent as its own event. So an event's ids are
+used exactly when they spell its `content`, or when `content` is empty and they are special tokens;
+otherwise the `content` text is re-tokenized. The last event has `stop: true`, `stop_type`
+(`eos`, `word`, `limit`; servers before late 2024 sent `stopped_eos` / `stopped_word` /
+`stopped_limit` instead), `stopping_word` and `timings.prompt_n` (the prompt ids it evaluated).
+
+A prompt longer than the slot's context is refused with HTTP 400, type
+`exceed_context_size_error` (`PromptTooLongError`); older servers sent it as an SSE `error:` event.
 
 What it does not do: slots (`id_slot`), grammars, or the OpenAI-compatible routes of the same
 server (use `OpenAIBackend` for those).
@@ -17,13 +28,14 @@ server (use `OpenAIBackend` for those).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-from llama_agents.backends._remote import RemoteBackend, StreamEnd, describe_error, iter_sse_data
+from llama_agents.backends._remote import RemoteBackend, StreamEnd, iter_sse_data, stream_error
 from llama_agents.errors import BackendError
 
 __all__ = ["LlamaCppBackend"]
@@ -46,7 +58,6 @@ class LlamaCppBackend(RemoteBackend):
             "stop": self.stop_strings,
             "stream": True,
             "cache_prompt": True,
-            "return_tokens": True,
         }
         return self.path, body
 
@@ -57,16 +68,18 @@ class LlamaCppBackend(RemoteBackend):
             except ValueError as e:
                 raise BackendError(
                     f"the llamacpp server sent an event that is not JSON: {data[:200]!r}"
-                ) from (e)
+                ) from e
             if not isinstance(chunk, dict):
                 raise BackendError(f"the llamacpp server sent an unexpected event: {data[:200]!r}")
             if "error" in chunk:
-                raise BackendError(f"the llamacpp server failed mid-reply: {describe_error(chunk)}")
+                raise stream_error(self.engine, chunk)
             tokens = chunk.get("tokens")
             text = chunk.get("content")
-            if isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens):
-                yield [int(t) for t in tokens]
-            elif isinstance(text, str) and text:
+            text = text if isinstance(text, str) else ""
+            ids = tokens if isinstance(tokens, list) and all(type(t) is int for t in tokens) else []
+            if ids and self._spells(ids, text):
+                yield ids
+            elif text:
                 yield text
             if chunk.get("stop"):
                 end.finished = True
@@ -79,3 +92,14 @@ class LlamaCppBackend(RemoteBackend):
                 if isinstance(timings, dict) and isinstance(timings.get("prompt_n"), int):
                     end.prefilled = timings["prompt_n"]
                 return
+
+    def _spells(self, ids: list[int], text: str) -> bool:
+        """Whether an event's ids are exactly its text: they decode to it, or the text is empty and
+        they are special tokens the server did not render (started without `--special`)."""
+        if self.tokenizer.decode_bytes(ids) == text.encode("utf-8"):
+            return True
+        return not text and all(t in self._special_ids for t in ids)
+
+    @functools.cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(self.tokenizer.special_tokens.values())

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from llama_agents.backends._remote import RemoteBackend, StreamEnd, describe_error
+from llama_agents.backends._remote import RemoteBackend, StreamEnd, stream_error
 from llama_agents.errors import BackendError
 
 __all__ = ["OllamaBackend"]
@@ -60,7 +60,7 @@ class OllamaBackend(RemoteBackend):
             if not isinstance(chunk, dict):
                 raise BackendError(f"the ollama server sent an unexpected line: {line[:200]!r}")
             if "error" in chunk:
-                raise BackendError(f"the ollama server failed mid-reply: {describe_error(chunk)}")
+                raise stream_error(self.engine, chunk)
             text = chunk.get("response")
             if isinstance(text, str) and text:
                 yield text

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from llama_agents.backends._remote import RemoteBackend, StreamEnd, describe_error, iter_sse_data
+from llama_agents.backends._remote import RemoteBackend, StreamEnd, iter_sse_data, stream_error
 from llama_agents.errors import BackendError
 
 __all__ = ["OpenAIBackend", "VLLMBackend"]
@@ -75,7 +75,7 @@ class OpenAIBackend(RemoteBackend):
             if not isinstance(chunk, dict):
                 raise BackendError(f"the {self.engine} server sent an unexpected event: {data[:200]!r}")
             if "error" in chunk or chunk.get("object") == "error":
-                raise BackendError(f"the {self.engine} server failed mid-reply: {describe_error(chunk)}")
+                raise stream_error(self.engine, chunk)
             usage = chunk.get("usage")
             if isinstance(usage, dict):
                 details = usage.get("prompt_tokens_details")
