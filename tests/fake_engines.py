@@ -10,7 +10,10 @@ request's token limit, and streams it one token per event in the engine's own sh
   `{"choices": [{"text", "finish_reason", "stop_reason"}]}`; the stop token's text is sent only when
   `include_stop_str_in_output` and `skip_special_tokens: false` ask for it; `stop_reason` is the
   token id for `<|eom_id|>` / `<|end_of_text|>` (stop_token_ids) and null for `<|eot_id|>` (the
-  model's EOS), as vLLM does for Llama 3.1; then a usage chunk and `data: [DONE]`.
+  model's EOS), as vLLM does for Llama 3.1 (protocol.py CompletionResponseStreamChoice.stop_reason:
+  "the stop string or token id ..., None ... including the EOS token"; v1 engine versions that also
+  match stop strings on a stop token's text report the string instead); then a usage chunk and
+  `data: [DONE]`.
 - `openai`: a generic server: text prompts, the stop string removed from the text, no
   `stop_reason`.
 - `ollama`: `/api/tags`, `/api/generate` NDJSON lines with `response`, the last `done: true`,
