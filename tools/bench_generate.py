@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
         assert max_seq_len == ns.prompt_len + ns.new_tokens
         ours_tokens, ours, weight_bytes = _measure_ours(ckpt, tokenizer, prompt, ns, _COMPILE[ns.compile])
+        compile_info = {k: ours.pop(k) for k in ("compiled", "compile_warmup_s")}
         result: dict[str, Any] = {
             "preset": ns.preset,
             "device": str(device),
@@ -325,13 +326,16 @@ def main(argv: list[str] | None = None) -> int:
             "generated": len(ours_tokens),
             "checkpoint_write_s": write_s,
             "ours": ours,
+            "ours_compiled": compile_info["compiled"],
+            "ours_compile_warmup_s": compile_info["compile_warmup_s"],
             "hf": None,
             "decode_speedup_vs_hf": None,
             "ttft_ratio_vs_hf": None,
             "greedy_tokens_agreeing_with_hf": None,
         }
         if ns.compare:
-            result.update(_compare(ckpt, tokenizer, prompt, ns, ours_tokens, weight_bytes, ours))
+            first = {**ours, **compile_info}
+            result.update(_compare(ckpt, tokenizer, prompt, ns, ours_tokens, weight_bytes, first))
         if ns.peer == "hf":
             from transformers import LlamaForCausalLM
 
