@@ -80,7 +80,11 @@ class ToolCall(BaseModel):
         # "brave_search" given as a plain string is the built-in tool, not a custom one of that name.
         if isinstance(data, dict):
             name = data.get("tool_name")
-            if isinstance(name, str) and not isinstance(name, BuiltinTool) and name in BuiltinTool.__members__:
+            if (
+                isinstance(name, str)
+                and not isinstance(name, BuiltinTool)
+                and name in BuiltinTool.__members__
+            ):
                 data = {**data, "tool_name": BuiltinTool(name)}
         return data
 
