@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -328,22 +327,22 @@ def test_developer_errors_are_raised_not_fed_back() -> None:
 
 def test_sync_tool_runs_off_the_event_loop_from_acall() -> None:
     threads: list[int] = []
+    both_running = threading.Barrier(2, timeout=10)
 
     @tool
     def slow(n: int) -> int:
         threads.append(threading.get_ident())
-        time.sleep(0.3)
+        both_running.wait()  # passes only while both calls run at once (in turn: BrokenBarrierError)
         return n
 
     async def main() -> list[ToolResult]:
         return await asyncio.gather(slow.acall({"n": 1}), slow.acall({"n": 2}))
 
-    start = time.monotonic()
     results = asyncio.run(main())
-    assert [r.content for r in results] == ["1", "2"]
-    assert time.monotonic() - start < 0.55  # concurrently in worker threads (in turn: >= 0.6 s)
-    assert threading.get_ident() not in threads
-    # call() runs a sync function right in the caller's thread
+    assert [(r.content, r.is_error) for r in results] == [("1", False), ("2", False)]
+    assert threading.get_ident() not in threads and len(set(threads)) == 2
+    # call() runs a sync function right in the caller's thread (alone: a one-party barrier)
+    both_running = threading.Barrier(1)
     threads.clear()
     assert slow.call({"n": 3}).content == "3" and threads == [threading.get_ident()]
 

@@ -260,18 +260,25 @@ def test_malformed_or_truncated_calls_give_no_calls(body: str, python_tag: bool)
 
 
 def test_hostile_inputs_do_not_raise() -> None:
+    # Deep nesting, huge runs and odd characters: no exception, and no call made up from them.
     for body in (
         "[" * 100_000,
         "{" * 100_000,
         '{"a":' * 5000 + "1" + "}" * 5000,
         "<function=f>" + "[" * 50_000,
-        "a\x00b",
-        "\ud800",
-        'brave_search.call(query="\\N{NOPE}")',
         "[f(a=" + "-" * 10_000 + "1)]",
     ):
         for python_tag in (False, True):
-            assert isinstance(parse_tool_calls(body, python_tag=python_tag), list)
+            assert parse_tool_calls(body, python_tag=python_tag) == []
+    # Odd characters are kept as they are: plain text without the tag, code to run with it.
+    for body in ("a\x00b", "\ud800"):
+        assert parse_tool_calls(body, python_tag=False) == []
+        (call,) = parse_tool_calls(body, python_tag=True)
+        assert (call.tool_name, call.arguments) == (BuiltinTool.code_interpreter, {"code": body})
+    # An invalid escape in a string is kept literally, not a crash and not a lost call.
+    for python_tag in (False, True):
+        (call,) = parse_tool_calls('brave_search.call(query="\\N{NOPE}")', python_tag=python_tag)
+        assert (call.tool_name, call.arguments) == (BuiltinTool.brave_search, {"query": "\\N{NOPE}"})
 
 
 def test_each_call_gets_a_fresh_uuid4_call_id() -> None:
