@@ -9,7 +9,8 @@ import pytest
 
 from llama_agents.errors import SandboxUnavailableError, UsageError
 from llama_agents.tools import CodeInterpreter as ExportedCodeInterpreter
-from llama_agents.tools._sandbox import BubblewrapExecutor, UnsafeLocalExecutor
+from llama_agents.tools._sandbox import BubblewrapExecutor
+from llama_agents.tools._unsafe_executor import UnsafeLocalExecutor
 from llama_agents.tools.code_interpreter import (
     CodeInterpreter,
     ExecutionError,

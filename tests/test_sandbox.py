@@ -16,9 +16,9 @@ from llama_agents.tools._sandbox import (
     BubblewrapExecutor,
     Executor,
     SandboxLimits,
-    UnsafeLocalExecutor,
     find_bwrap,
 )
+from llama_agents.tools._unsafe_executor import UnsafeLocalExecutor
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,8 @@ as the work dir (`/workspace`), whose files the caller can list and read afterwa
 rlimits (address space, CPU seconds, processes, file size, open files, no core) and, when we run as
 root, drops to an unprivileged uid of its own so that RLIMIT_NPROC holds. The host enforces a
 wall-clock deadline by killing the whole sandbox (its pid namespace dies with it) and caps what it
-reads back. `UnsafeLocalExecutor` runs the same REPL with the same rlimits but no sandbox.
+reads back. `_ReplExecutor` holds what any executor of that REPL shares (the protocol, deadlines,
+output capture, work-dir files); `_unsafe_executor.py` runs the same REPL with no sandbox.
 
 This module does not render results for the model (`code_interpreter.py` does) and does not
 decide whether running unsandboxed is acceptable (the caller opts in by name).
@@ -44,7 +45,6 @@ __all__ = [
     "ExecutionResult",
     "Executor",
     "SandboxLimits",
-    "UnsafeLocalExecutor",
     "WorkFile",
     "find_bwrap",
 ]
@@ -336,13 +336,38 @@ class _ReplExecutor:
         self._session: _Session | None = None
         self._closed = False
         self._launcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox-launcher")
+        self._created()
 
     # subclass hooks -------------------------------------------------------------------------
+    def _created(self) -> None:
+        """Called at the end of `__init__` (a subclass can log what it is)."""
+
     def _command(self, config: dict[str, Any]) -> list[str]:
         raise NotImplementedError
 
+    def _repl_uid(self) -> int | None:
+        """The uid (and gid) the REPL drops to, or None to keep ours."""
+        return None
+
+    def _repl_dirs(self) -> tuple[str, str]:
+        """The io dir and the work dir as the REPL sees them."""
+        return str(self._io_dir), str(self.work_dir)
+
     def _config(self, *, request_fd: int, response_fd: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON config `_sandbox_repl.py` reads from its command line."""
+        uid = self._repl_uid()
+        io_dir, work_dir = self._repl_dirs()
+        return {
+            "request_fd": request_fd,
+            "response_fd": response_fd,
+            "uid": uid,
+            "gid": uid,
+            "limits": self.limits.rlimits(),
+            "output_bytes": self.limits.output_bytes,
+            "io_dir": io_dir,
+            "work_dir": work_dir,
+            "pid_namespace": self.pid_namespace,
+        }
 
     def _prepare_dirs(self, uid: int | None) -> None:
         if uid is not None:
@@ -564,19 +589,11 @@ class BubblewrapExecutor(_ReplExecutor):
         self.sandbox_uid = sandbox_uid if sandbox_uid is not None else 100_000 + secrets.randbelow(1_000_000)
         super().__init__(limits=limits, python=python, work_dir=work_dir)
 
-    def _config(self, *, request_fd: int, response_fd: int) -> dict[str, Any]:
-        uid = self.sandbox_uid if os.geteuid() == 0 else None
-        return {
-            "request_fd": request_fd,
-            "response_fd": response_fd,
-            "uid": uid,
-            "gid": uid,
-            "limits": self.limits.rlimits(),
-            "output_bytes": self.limits.output_bytes,
-            "io_dir": _SANDBOX_IO_DIR,
-            "work_dir": _SANDBOX_WORK_DIR,
-            "pid_namespace": True,
-        }
+    def _repl_uid(self) -> int | None:
+        return self.sandbox_uid if os.geteuid() == 0 else None
+
+    def _repl_dirs(self) -> tuple[str, str]:
+        return _SANDBOX_IO_DIR, _SANDBOX_WORK_DIR
 
     def _ro_paths(self) -> list[str]:
         paths = ["/usr", *self.extra_ro_binds]
@@ -640,39 +657,3 @@ class BubblewrapExecutor(_ReplExecutor):
         args += ["--chdir", _SANDBOX_WORK_DIR]
         args += ["--", self.python, "-I", "-u", _SANDBOX_REPL, json.dumps(config)]
         return args
-
-
-class UnsafeLocalExecutor(_ReplExecutor):
-    """The same persistent REPL with the same rlimits and deadline, and NO sandbox: the code can read
-    and write every file this process can, use the network, and see the host. Only for trusted code
-    on a machine where bubblewrap cannot run; `CodeInterpreter(sandbox="unsafe-no-sandbox")`."""
-
-    def __init__(
-        self,
-        *,
-        limits: SandboxLimits | None = None,
-        python: str | os.PathLike[str] | None = None,
-        work_dir: str | os.PathLike[str] | None = None,
-    ) -> None:
-        super().__init__(limits=limits, python=python, work_dir=work_dir)
-        logger.warning(
-            "running model-written code WITHOUT a sandbox in %s: it can read, write and send anything "
-            "this process can",
-            self.work_dir,
-        )
-
-    def _config(self, *, request_fd: int, response_fd: int) -> dict[str, Any]:
-        return {
-            "request_fd": request_fd,
-            "response_fd": response_fd,
-            "uid": None,
-            "gid": None,
-            "limits": self.limits.rlimits(),
-            "output_bytes": self.limits.output_bytes,
-            "io_dir": str(self._io_dir),
-            "work_dir": str(self.work_dir),
-            "pid_namespace": False,
-        }
-
-    def _command(self, config: dict[str, Any]) -> list[str]:
-        return [self.python, "-I", "-u", str(_REPL_SCRIPT), json.dumps(config)]

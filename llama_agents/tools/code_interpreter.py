@@ -31,9 +31,9 @@ from llama_agents.tools._sandbox import (
     ExecutionResult,
     Executor,
     SandboxLimits,
-    UnsafeLocalExecutor,
     WorkFile,
 )
+from llama_agents.tools._unsafe_executor import UnsafeLocalExecutor
 from llama_agents.tools.base import Tool, ToolResult
 from llama_agents.types import BuiltinTool
 
