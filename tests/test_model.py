@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from llama_models.llama3 import args as ref_args
 from llama_models.llama3 import model as ref_model
+from torch.overrides import TorchFunctionMode
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -167,3 +169,39 @@ def test_init_weights_is_seeded():
     )
     assert torch.equal(a.norm.weight, torch.ones(TINY.dim))
     assert a.layers[0].attention.wq.weight.std().item() == pytest.approx(TINY.dim**-0.5, rel=0.05)
+
+
+class _OutputProjectionShapes(TorchFunctionMode):
+    """Records the input shape of each `F.linear` by the output weight (the vocabulary projection)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear and args[1] is self.weight:
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def test_last_only_projects_one_position_and_equals_the_full_pass(model):
+    tokens = _tokens(2, 24, seed=7)
+    full = model(tokens, 0)
+    with _OutputProjectionShapes(model.output.weight) as seen:
+        last = model(tokens, 0, last_only=True)
+    assert seen.shapes == [(2, 1, TINY.dim)]  # the vocabulary matmul ran on one position per row
+    assert last.shape == (2, 1, TINY.vocab_size) and last.dtype == torch.float32
+    # Not bit-equal: BLAS picks another kernel for one row (float32 rounding, ~1e-5 on logits ~10).
+    torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-4)
+    assert torch.equal(last.argmax(-1), full[:, -1:].argmax(-1))
+    # with the cache: a prefill at an offset, and the fixed-shape forward_at
+    model.setup_cache(2, 64)
+    model(tokens[:, :10], 0)
+    with _OutputProjectionShapes(model.output.weight) as seen:
+        suffix = model(tokens[:, 10:], 10, last_only=True)
+        at = model.forward_at(tokens[:, 10:], torch.arange(10, 24), last_only=True)
+    model.clear_cache()
+    assert seen.shapes == [(2, 1, TINY.dim)] * 2
+    torch.testing.assert_close(suffix, full[:, -1:], rtol=0, atol=1e-4)
+    torch.testing.assert_close(at, full[:, -1:], rtol=0, atol=1e-4)

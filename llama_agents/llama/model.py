@@ -16,8 +16,12 @@ buffer that is never saved and is rebuilt whenever the module moves (`.to`, `.to
 Two ways to run: `forward(tokens, start_pos: int)` (any length, slices the cache; prefill and the eager
 path) and `forward_at(tokens, input_pos: Tensor)` (positions given as a device tensor: every shape is
 fixed by the cache, so one `torch.compile`d graph, or one CUDA graph, serves every position; the
-compiled decode step). `fuse()` replaces wq/wk/wv with one `wqkv` matmul and w1/w3 with one `w13`
-(per model-parallel shard); `state_dict()` and `load_state_dict()` keep Meta's unfused names.
+compiled decode step). Both take `last_only=True` to run the output projection on the last position
+only (`[B, 1, vocab]`): sampling needs no more, and a long prompt's logits for every position cost
+`T x vocab` floats (4 GB for 8192 tokens) and the largest matmul of the pass. `fuse()` replaces
+wq/wk/wv with one `wqkv` matmul and w1/w3 with one `w13` (per model-parallel shard); `state_dict()`
+and `load_state_dict()` keep Meta's unfused names. Each layer gets where its tokens sit as one
+`Positions` (start position or position tensor, RoPE rows, mask), built once per pass.
 
 Build on `torch.device("meta")` to load a checkpoint without allocating twice (see `checkpoint.py`);
 on any other device the weights get a random initialisation (`init_weights`).
@@ -32,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +53,7 @@ __all__ = [
     "Attention",
     "FeedForward",
     "KVCache",
+    "Positions",
     "RMSNorm",
     "RotaryEmbedding",
     "Transformer",
@@ -287,6 +292,21 @@ class KVCache(nn.Module):
         return self.k[:bsz, :, :end], self.v[:bsz, :, :end]
 
 
+class Positions(NamedTuple):
+    """Where one forward pass's tokens sit, as every layer's attention needs it.
+
+    start_pos: the first position (an int: the cache is sliced) or every position (a `[T]` long tensor:
+    fixed shapes, see `KVCache.update`). cos/sin: the RoPE rows for those positions. mask/is_causal:
+    what SDPA is given (a boolean `[T, keys]` mask, or a plain causal pass, or neither for one token).
+    """
+
+    start_pos: int | torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+    is_causal: bool
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention; this rank holds `n_heads / mp` query and `n_kv_heads / mp` kv heads."""
 
@@ -319,15 +339,7 @@ class Attention(nn.Module):
         if self.wqkv is None:
             _fuse_into(self, ("wq", "wk", "wv"), "wqkv")
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        start_pos: int | torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_causal: bool,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, where: Positions) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         if self.wqkv is not None:
             q, k, v = self.wqkv(x)
@@ -336,11 +348,12 @@ class Attention(nn.Module):
         q = q.view(bsz, seqlen, self.n_local_heads, self.head_dim)
         k = k.view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
         v = v.view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
-        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+        q, k = apply_rotary_emb(q, where.cos, where.sin), apply_rotary_emb(k, where.cos, where.sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start_pos, k, v)
+            k, v = self.kv_cache.update(where.start_pos, k, v)
             q = q.to(k.dtype)
+        mask, is_causal = where.mask, where.is_causal
         if self.n_rep == 1:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         elif _SDPA_HAS_GQA:
@@ -389,21 +402,16 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        start_pos: int | torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_causal: bool,
-    ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), start_pos, cos, sin, mask, is_causal)
+    def forward(self, x: torch.Tensor, where: Positions) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), where)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
 class Transformer(nn.Module):
-    """The Llama 3.1 decoder. `forward(tokens [B, T], start_pos) -> float32 logits [B, T, vocab]`."""
+    """The Llama 3.1 decoder. `forward(tokens [B, T], start_pos) -> float32 logits [B, T, vocab]`.
+
+    `last_only=True` (on `forward` and `forward_at`) projects only the last position: `[B, 1, vocab]`.
+    """
 
     def __init__(
         self,
@@ -508,7 +516,13 @@ class Transformer(nn.Module):
         """The first layer's cache (all layers share its shape), or None."""
         return self.layers[0].attention.kv_cache if len(self.layers) else None
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, *, last_only: bool = False) -> torch.Tensor:
+        """`tokens [B, T]` at positions `start_pos..start_pos+T-1` -> float32 logits `[B, T, vocab]`.
+
+        `last_only=True` projects only the last position to the vocabulary and returns `[B, 1, vocab]`
+        (the same values as the full pass's last row): what sampling the next token needs, without
+        the output matmul and the `T x vocab` logits for every other position.
+        """
         if tokens.dim() != 2:
             raise UsageError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
         _bsz, seqlen = tokens.shape
@@ -519,28 +533,27 @@ class Transformer(nn.Module):
             )
         if start_pos != 0 and self.cache is None:
             raise UsageError("start_pos > 0 needs a KV cache holding the earlier positions: call setup_cache")
-        h = _run(self.tok_embeddings, tokens)
+        mask: torch.Tensor | None = None
+        if (
+            seqlen > 1 and start_pos != 0
+        ):  # query i sits at position start_pos + i, sees keys 0..start_pos + i
+            mask = torch.ones(seqlen, start_pos + seqlen, dtype=torch.bool, device=tokens.device)
+            mask = mask.tril(diagonal=start_pos)
         cos = self.rope.cos[start_pos : start_pos + seqlen]
         sin = self.rope.sin[start_pos : start_pos + seqlen]
-        mask: torch.Tensor | None = None
-        is_causal = False
-        if seqlen > 1:
-            if start_pos == 0:
-                is_causal = True
-            else:  # query i sits at position start_pos + i and sees keys 0..start_pos + i
-                mask = torch.ones(seqlen, start_pos + seqlen, dtype=torch.bool, device=tokens.device)
-                mask = mask.tril(diagonal=start_pos)
-        for layer in self.layers:
-            h = layer(h, start_pos, cos, sin, mask, is_causal)
-        return _run(self.output, self.norm(h)).float()
+        where = Positions(start_pos, cos, sin, mask, is_causal=seqlen > 1 and start_pos == 0)
+        return self._logits(tokens, where, last_only)
 
-    def forward_at(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward_at(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, *, last_only: bool = False
+    ) -> torch.Tensor:
         """`tokens [B, T]` at positions `input_pos [T]` (a long tensor on the model's device) -> logits.
 
         Every shape is fixed by the KV cache, whatever the positions: the attention runs over the
         whole cache with a mask derived from `input_pos` (position p sees keys 0..p), so one compiled
         graph serves every step of a decode. Needs `setup_cache`; positions are not range-checked
-        (that would synchronise with the device), so keep them below the cache length.
+        (that would synchronise with the device), so keep them below the cache length. `last_only`
+        as in `forward`.
         """
         if self.cache is None:
             raise UsageError("forward_at needs a KV cache: call setup_cache")
@@ -549,11 +562,17 @@ class Transformer(nn.Module):
                 f"forward_at needs tokens [batch, seq] and input_pos [seq], got shapes "
                 f"{tuple(tokens.shape)} and {tuple(input_pos.shape)}"
             )
-        h = _run(self.tok_embeddings, tokens)
-        cos = self.rope.cos.index_select(0, input_pos)
-        sin = self.rope.sin.index_select(0, input_pos)
         keys = torch.arange(self.cache.max_seq_len, device=input_pos.device)
         mask = keys[None, :] <= input_pos[:, None]  # [T, cache_len]
+        cos = self.rope.cos.index_select(0, input_pos)
+        sin = self.rope.sin.index_select(0, input_pos)
+        return self._logits(tokens, Positions(input_pos, cos, sin, mask, is_causal=False), last_only)
+
+    def _logits(self, tokens: torch.Tensor, where: Positions, last_only: bool) -> torch.Tensor:
+        """Embed, run every layer (each writes its cache), then norm and project the positions asked for."""
+        h = _run(self.tok_embeddings, tokens)
         for layer in self.layers:
-            h = layer(h, input_pos, cos, sin, mask, False)
+            h = layer(h, where)
+        if last_only:
+            h = h[:, -1:]  # the norm is per position: slicing first changes no value
         return _run(self.output, self.norm(h)).float()
