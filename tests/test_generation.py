@@ -12,6 +12,8 @@ from pathlib import Path
 import llama_models
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from llama_agents.errors import PromptTooLongError, UsageError
 from llama_agents.llama._sampling import (
@@ -271,6 +273,44 @@ def test_batch_generate_equals_per_prompt_streams(llama):
         assert res.tokens == _cold(llama, prompt, max_gen_len=9, temperature=0)
         assert res.stop_reason is StopReason.out_of_tokens
         assert len(res.tokens) == 9
+
+
+class _ProjectedRows(TorchFunctionMode):
+    """Records how many positions per row each vocabulary projection (`F.linear` by `weight`) ran on."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+        self.positions: list[int] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear and args[1] is self.weight:
+            self.positions.append(args[0].shape[1])
+        return func(*args, **(kwargs or {}))
+
+
+def test_prefill_projects_only_the_positions_it_needs(llama):
+    prompt = _prompt(14, 12)
+    llama.reset_cache()
+    with _ProjectedRows(llama.model.output.weight) as seen:
+        out = list(llama.stream(prompt, max_gen_len=4, temperature=0))
+        list(llama.stream(prompt + out + _prompt(15, 5)[1:], max_gen_len=2, temperature=0))  # cache reuse
+    assert llama.last_stats.prefilled == 5
+    assert seen.positions == [1] * 6  # 12- and 5-token prefills and every decode step: one position each
+    prompts = [_prompt(16, 6), _prompt(17, 9)]
+    with _ProjectedRows(llama.model.output.weight) as seen:
+        plain = llama.generate(prompts, max_gen_len=3, temperature=0)
+    assert seen.positions == [1] * 6  # the prefill of 6, then one token per step up to 9 + 3
+    with _ProjectedRows(llama.model.output.weight) as seen:
+        lp = llama.generate(prompts, max_gen_len=3, temperature=0, logprobs=True)
+    assert seen.positions == [1] * 6  # generated tokens' log-probabilities need the last position only
+    with _ProjectedRows(llama.model.output.weight) as seen:
+        echoed = llama.generate(prompts, max_gen_len=3, temperature=0, logprobs=True, echo=True)
+    assert seen.positions == [6] + [1] * 5  # echoed prompt log-probabilities need the whole prefill
+    for a, b, c in zip(plain, lp, echoed, strict=True):
+        assert a.tokens == b.tokens == c.tokens
+        assert b.logprobs == pytest.approx(c.logprobs, abs=1e-5)
+    assert [len(r.prompt_logprobs) for r in echoed] == [6, 9]
 
 
 # A "bigram" model: layers write nothing to the residual stream (wo, w2 zeroed), so the logits depend

@@ -19,10 +19,11 @@ else `PromptTooLongError` is raised before any work. `max_gen_len` is clipped to
 Speed: `build` fuses each layer's q/k/v and gate/up projections (`Transformer.fuse`). Single-token
 steps (decode) go through `torch.compile(Transformer.forward_at)` (`_decode.py`): fixed shapes, the
 position as a device tensor, CUDA graphs on GPU (`mode="reduce-overhead"`). Prompts are prefilled
-eagerly through SDPA. `compile=None` (default) compiles on CUDA only; `LLAMA_AGENTS_COMPILE=0/1`
-decides when the argument is None; `compile_stats` says what was chosen and what it cost. Sampling is
-the eager sampler, on the device, on the step's logits. The host waits on the device once per token,
-to read the sampled id (the stop check).
+eagerly through SDPA, projecting only the last position to the vocabulary (`last_only`) unless
+`generate(logprobs=True, echo=True)` needs the prompt's logits. `compile=None` (default) compiles on
+CUDA only; `LLAMA_AGENTS_COMPILE=0/1` decides when the argument is None; `compile_stats` says what
+was chosen and what it cost. Sampling is the eager sampler, on the device, on the step's logits. The
+host waits on the device once per token, to read the sampled id (the stop check).
 
 Model parallel: under torchrun, `build` starts torch.distributed and fairscale's group (see
 `parallel.py`), puts each rank on `cuda:$LOCAL_RANK` and loads its shard; rank 0 then drives
@@ -301,17 +302,21 @@ class Llama:
         # If the forward fails midway, positions >= start_pos hold garbage: forget them first.
         del self._cached[start_pos:]
         x = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        logits = self._run_model(x, start_pos)
+        logits = self._run_model(x, start_pos, last_only=True)
         self._cached.extend(tokens)
         return logits[:, -1]
 
-    def _run_model(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """One forward pass; under model parallelism rank 0 first tells the other ranks to run it too."""
+    def _run_model(self, tokens: torch.Tensor, start_pos: int, *, last_only: bool = False) -> torch.Tensor:
+        """One forward pass; under model parallelism rank 0 first tells the other ranks to run it too.
+
+        `last_only`: logits for the last position only (`Transformer.forward`); the ranks must agree
+        on it (the output projection gathers across them), so it travels with the announcement.
+        """
         if self.parallel is not None and self.parallel.is_leader:
-            self.parallel.announce(tokens, start_pos)
+            self.parallel.announce(tokens, start_pos, last_only=last_only)
         if self._decode is not None and tokens.shape[1] == 1:
             return self._decode(tokens, start_pos)
-        return self.model.forward(tokens, start_pos)
+        return self.model.forward(tokens, start_pos, last_only=last_only)
 
     @torch.inference_mode()
     def _stream(
@@ -414,21 +419,25 @@ class Llama:
         is_prompt = torch.zeros((bsz, total_len), dtype=torch.bool, device=device)
         for k, n in enumerate(lengths):
             is_prompt[k, :n] = True
-        want_lp = logprobs
-        lp = torch.zeros((bsz, total_len), dtype=torch.float32, device=device) if want_lp else None
+        lp = torch.zeros((bsz, total_len), dtype=torch.float32, device=device) if logprobs else None
+        # Only echoed log-probabilities need the prompt's logits; otherwise each pass projects its last
+        # position (after the prefill every pass has one position per row anyway).
+        last_only = not (logprobs and echo)
 
         done = [False] * bsz
         stop_at: list[int | None] = [None] * bsz  # index one past the last kept token
         stop_ids = self._stop_ids.to(device)
         prev = 0
         for cur in range(min(lengths), total_len):
-            logits = self._run_model(tokens[:, prev:cur], prev)
+            logits = self._run_model(tokens[:, prev:cur], prev, last_only=last_only)
             nxt = sample_next_token(logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
             nxt = torch.where(is_prompt[:, cur], tokens[:, cur], nxt)
             tokens[:, cur] = nxt
             if lp is not None:
-                # Log-probability of tokens[prev+1 .. cur] given everything before each.
-                lp[:, prev + 1 : cur + 1] = token_logprobs(logits, tokens[:, prev + 1 : cur + 1])
+                # Log-probability of tokens[first .. cur] given everything before each: the logits at
+                # input positions first-1 .. cur-1 (all of prev .. cur-1, or only the last).
+                first = cur + 1 - logits.shape[1]
+                lp[:, first : cur + 1] = token_logprobs(logits, tokens[:, first : cur + 1])
             is_stop = torch.isin(nxt, stop_ids).tolist()
             for k in range(bsz):
                 if done[k] or cur < lengths[k]:

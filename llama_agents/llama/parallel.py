@@ -13,9 +13,9 @@ What it does:
   `.pth` files with mmap so each rank reads only the pages it needs; `hf_shard_tensors` slices
   safetensors files directly (`get_slice`).
 - `Coordinator`: rank 0 (the leader) drives generation and, before every forward pass, broadcasts the
-  tokens and position to the other ranks over a separate gloo group; `run_worker(llama)` is the loop the
-  other ranks run, taking part in each forward pass until the leader says stop (at exit, through
-  `atexit`) or disappears. Every rank thus computes with rank 0's sampled tokens.
+  tokens, position and `last_only` to the other ranks over a separate gloo group; `run_worker(llama)`
+  is the loop the other ranks run, taking part in each forward pass until the leader says stop (at
+  exit, through `atexit`) or disappears. Every rank thus computes with rank 0's sampled tokens.
 
 What it does not do: pipeline or data parallelism, multi-node launch helpers, more than one leader, or
 recover from a dead rank (the others raise `ParallelError` and exit).
@@ -408,13 +408,13 @@ class Coordinator:
                 f"rank {self.rank}: {what} failed; {side} died or stopped answering ({e})"
             ) from e
 
-    def announce(self, tokens: torch.Tensor, start_pos: int) -> None:
-        """Rank 0: tell the workers to run `forward(tokens, start_pos)` with it."""
+    def announce(self, tokens: torch.Tensor, start_pos: int, *, last_only: bool = False) -> None:
+        """Rank 0: tell the workers to run `forward(tokens, start_pos, last_only=...)` with it."""
         assert self.is_leader, "only rank 0 announces forward passes"
         if self.stopped:
             raise ParallelError("the worker ranks were already stopped; build a new Llama")
         bsz, seqlen = tokens.shape
-        header = torch.tensor([_OP_FORWARD, start_pos, bsz, seqlen], dtype=torch.long)
+        header = torch.tensor([_OP_FORWARD, start_pos, bsz, seqlen, int(last_only)], dtype=torch.long)
         self._broadcast(header, "sending a forward pass to the workers")
         self._broadcast(tokens.detach().to("cpu", torch.long).contiguous(), "sending tokens to the workers")
 
@@ -424,23 +424,23 @@ class Coordinator:
             return
         self.stopped = True
         try:
-            dist.broadcast(torch.tensor([_OP_STOP, 0, 0, 0], dtype=torch.long), src=0, group=self.group)
+            dist.broadcast(torch.tensor([_OP_STOP, 0, 0, 0, 0], dtype=torch.long), src=0, group=self.group)
         except Exception as e:  # workers already gone: nothing left to release
             logger.warning("could not tell the worker ranks to stop: %s", e)
         logger.debug("worker ranks told to stop")
 
-    def receive(self) -> tuple[torch.Tensor, int] | None:
-        """A worker: the next `(tokens, start_pos)` to run, or None when rank 0 says stop."""
+    def receive(self) -> tuple[torch.Tensor, int, bool] | None:
+        """A worker: the next `(tokens, start_pos, last_only)` to run, or None when rank 0 says stop."""
         assert not self.is_leader, "rank 0 does not receive"
-        header = torch.empty(4, dtype=torch.long)
+        header = torch.empty(5, dtype=torch.long)
         self._broadcast(header, "waiting for rank 0's next request")
-        op, start_pos, bsz, seqlen = header.tolist()
+        op, start_pos, bsz, seqlen, last_only = header.tolist()
         if op == _OP_STOP:
             self.stopped = True
             return None
         tokens = torch.empty(bsz, seqlen, dtype=torch.long)
         self._broadcast(tokens, "receiving tokens from rank 0")
-        return tokens, start_pos
+        return tokens, start_pos, bool(last_only)
 
 
 def run_worker(llama: Any) -> None:
@@ -460,6 +460,6 @@ def run_worker(llama: Any) -> None:
             if request is None:
                 logger.info("rank %d: rank 0 is done after %d forward passes", coordinator.rank, steps)
                 return
-            tokens, start_pos = request
-            llama._run_model(tokens.to(llama.device), start_pos)
+            tokens, start_pos, last_only = request
+            llama._run_model(tokens.to(llama.device), start_pos, last_only=last_only)
             steps += 1
