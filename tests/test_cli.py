@@ -151,9 +151,9 @@ def test_run_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys, tokenizer):
     ]
     assert main(argv) == code
     out = capsys.readouterr()
-    assert out.out.endswith("\n")
-    if result["stop_reason"] == "final_answer":
-        assert out.out == result["answer"] + "\n"
+    assert out.out == result["answer"] + "\n"
+    if result["stop_reason"] != "final_answer":
+        assert f"[stopped: {result['stop_reason']}]" in out.err
 
 
 def test_prompt_format_uses_the_model_tokenizer(tiny_checkpoint, capsys):
