@@ -8,7 +8,8 @@ rlimits (address space, CPU seconds, processes, file size, open files, no core) 
 root, drops to an unprivileged uid of its own so that RLIMIT_NPROC holds. The host enforces a
 wall-clock deadline by killing the whole sandbox (its pid namespace dies with it) and caps what it
 reads back. `_ReplExecutor` holds what any executor of that REPL shares (the protocol, deadlines,
-output capture, work-dir files); `_unsafe_executor.py` runs the same REPL with no sandbox.
+output capture, work-dir files; the pipes and the process kill are `_repl_session.py`);
+`_unsafe_executor.py` runs the same REPL with no sandbox.
 
 This module does not render results for the model (`code_interpreter.py` does) and does not
 decide whether running unsandboxed is acceptable (the caller opts in by name).
@@ -22,10 +23,8 @@ import json
 import logging
 import os
 import secrets
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from llama_agents.errors import SandboxUnavailableError, UsageError
+from llama_agents.tools._repl_session import HEADER, ReplSession
 
 __all__ = [
     "BubblewrapExecutor",
@@ -51,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">I")
 _REPL_SCRIPT = Path(__file__).with_name("_sandbox_repl.py")
 _SANDBOX_WORK_DIR = "/workspace"
 _SANDBOX_IO_DIR = "/run/llama_agents/io"
@@ -196,113 +195,6 @@ _HOW_TO_FIX = (
 )
 
 
-class _Session:
-    """One running interpreter process and the pipes to it."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], request_w: int, response_r: int, io_dir: Path):
-        self.proc = proc
-        self.request_w = request_w
-        self.response_r = response_r
-        self.io_dir = io_dir
-        self.buffer = b""
-
-    def write(self, data: bytes, deadline: float) -> bool:
-        while data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            _, writable, _ = select.select([], [self.request_w], [], remaining)
-            if not writable:
-                return False
-            try:
-                data = data[os.write(self.request_w, data[: 1 << 16]) :]
-            except (BrokenPipeError, OSError):
-                return False
-        return True
-
-    def _fill(self, n: int, deadline: float) -> bool | None:
-        """Read until the buffer holds n bytes. True: done; False: deadline; None: EOF."""
-        while len(self.buffer) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            readable, _, _ = select.select([self.response_r], [], [], remaining)
-            if not readable:
-                return False
-            chunk = os.read(self.response_r, max(n - len(self.buffer), 1 << 16))
-            if not chunk:
-                return None
-            self.buffer += chunk
-        return True
-
-    def read_frame(self, deadline: float, max_bytes: int) -> dict[str, Any] | bool | None:
-        """A decoded frame; False when the deadline passed; None on EOF or a malformed frame."""
-        done = self._fill(_HEADER.size, deadline)
-        if not done:
-            return done
-        (length,) = _HEADER.unpack(self.buffer[: _HEADER.size])
-        if length > max_bytes:
-            return None
-        done = self._fill(_HEADER.size + length, deadline)
-        if not done:
-            return done
-        body = self.buffer[_HEADER.size : _HEADER.size + length]
-        self.buffer = self.buffer[_HEADER.size + length :]
-        try:
-            frame = json.loads(body.decode("utf-8"))
-        except ValueError:
-            return None
-        return frame if isinstance(frame, dict) else None
-
-    def kill(self) -> None:
-        """SIGKILL the sandbox: bwrap's process group, then whatever of its tree is still there."""
-        pid = self.proc.pid
-        tree = _descendants(pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        for child in tree:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(child, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        # The pid namespace dies with its init, but asynchronously: wait until the processes are gone.
-        deadline = time.monotonic() + 5
-        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for fd in (self.request_w, self.response_r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` is a live process (not a zombie waiting to be reaped, not gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _descendants(root: int) -> list[int]:
-    """Every process below `root`, from /proc (the sandbox's own pid namespace dies with its init)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def _read_capped(path: Path, cap: int) -> tuple[str, bool]:
     try:
         with open(path, "rb") as f:
@@ -333,7 +225,7 @@ class _ReplExecutor:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._io_dir = self._root / "io"
         self._io_dir.mkdir()
-        self._session: _Session | None = None
+        self._session: ReplSession | None = None
         self._closed = False
         self._launcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox-launcher")
         self._created()
@@ -375,7 +267,7 @@ class _ReplExecutor:
                 os.chown(path, uid, uid)
 
     # lifecycle --------------------------------------------------------------------------------
-    def _start(self) -> _Session:
+    def _start(self) -> ReplSession:
         request_r, request_w = os.pipe()
         response_r, response_w = os.pipe()
         config = self._config(request_fd=request_r, response_fd=response_w)
@@ -404,7 +296,7 @@ class _ReplExecutor:
                 raise SandboxUnavailableError(f"cannot start {command[0]!r}: {e}. {_HOW_TO_FIX}") from e
             os.close(request_r)
             os.close(response_w)
-            session = _Session(proc, request_w, response_r, self._io_dir)
+            session = ReplSession(proc, request_w, response_r, self._io_dir)
             ready = session.read_frame(time.monotonic() + _STARTUP_TIMEOUT_S, 4096)
             if not isinstance(ready, dict) or not ready.get("ready"):
                 session.kill()
@@ -460,7 +352,7 @@ class _ReplExecutor:
         deadline = start + timeout
         body = json.dumps({"code": code}).encode("utf-8")
         response: dict[str, Any] | bool | None = False
-        if session.write(_HEADER.pack(len(body)) + body, deadline):
+        if session.write(HEADER.pack(len(body)) + body, deadline):
             response = session.read_frame(deadline, 4 * self.limits.output_bytes + (1 << 20))
         if not isinstance(response, dict):
             # Read what the cell printed before the sandbox goes, then kill it whole.
