@@ -13,6 +13,9 @@ recorded (method, path, query, headers) so tests can assert what the client sent
 
 It answers HTTP/1.0 (one request per connection, no keep-alive), which keeps each scripted reply
 independent. Used by the tool and agent tests; it is test code, not part of the package.
+
+For the web tools' tests it also gives `FAST_HTTP`, retry settings short enough that their retry and
+timeout tests take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -29,9 +32,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["DATA_DIR", "RecordedRequest", "ReplayServer", "Reply", "load_data", "unused_port_url"]
+from llama_agents.tools import HttpSettings
+
+__all__ = [
+    "DATA_DIR",
+    "FAST_HTTP",
+    "RecordedRequest",
+    "ReplayServer",
+    "Reply",
+    "load_data",
+    "unused_port_url",
+]
 
 DATA_DIR = Path(__file__).parent / "data"
+
+# Short timeouts and backoff, so that the web tools' retry and timeout tests run in well under a second.
+FAST_HTTP = HttpSettings(
+    timeout=0.5, max_attempts=3, backoff_base=0.02, backoff_max=0.05, retry_after_max=1.0, total_timeout=3.0
+)
 
 
 def load_data(name: str) -> bytes:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from http_replay import ReplayServer, Reply, load_data, unused_port_url
+from http_replay import FAST_HTTP, ReplayServer, Reply, load_data, unused_port_url
 
 from llama_agents.errors import ToolConfigurationError, UsageError
 from llama_agents.tools import BraveSearch, HttpSettings
@@ -19,9 +19,6 @@ from llama_agents.tools._http import JsonHttpClient, parse_retry_after
 from llama_agents.types import BuiltinTool
 
 PATH = "/res/v1/web/search"
-FAST = HttpSettings(
-    timeout=0.5, max_attempts=3, backoff_base=0.02, backoff_max=0.05, retry_after_max=1.0, total_timeout=3.0
-)
 
 
 @pytest.fixture
@@ -31,7 +28,7 @@ def server() -> Iterator[ReplayServer]:
 
 
 def brave(server: ReplayServer, **kwargs: object) -> BraveSearch:
-    options: dict[str, object] = {"base_url": server.base_url, "http": FAST, **kwargs}
+    options: dict[str, object] = {"base_url": server.base_url, "http": FAST_HTTP, **kwargs}
     return BraveSearch("test-key", **options)  # type: ignore[arg-type]
 
 
@@ -103,7 +100,7 @@ def test_missing_key_raises_at_construction(monkeypatch: pytest.MonkeyPatch) -> 
 def test_key_from_environment(monkeypatch: pytest.MonkeyPatch, server: ReplayServer) -> None:
     monkeypatch.setenv("BRAVE_SEARCH_API_KEY", "env-key")
     server.script(PATH, ok_reply())
-    assert not BraveSearch(base_url=server.base_url, http=FAST).call({"query": "x"}).is_error
+    assert not BraveSearch(base_url=server.base_url, http=FAST_HTTP).call({"query": "x"}).is_error
     assert server.requests[0].headers["x-subscription-token"] == "env-key"
 
 
@@ -264,7 +261,7 @@ def test_oversized_declared_length_is_not_read(server: ReplayServer) -> None:
 
 
 def test_connection_refused_is_retried_then_reported() -> None:
-    tool = BraveSearch("k", base_url=unused_port_url(), http=FAST)
+    tool = BraveSearch("k", base_url=unused_port_url(), http=FAST_HTTP)
     start = time.monotonic()
     result = tool.call({"query": "x"})
     assert time.monotonic() - start < 1.0

@@ -7,16 +7,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from http_replay import ReplayServer, Reply, load_data, unused_port_url
+from http_replay import FAST_HTTP, ReplayServer, Reply, load_data, unused_port_url
 
 from llama_agents.errors import ToolConfigurationError, UsageError
 from llama_agents.tools import HttpSettings, WolframAlpha
 from llama_agents.types import BuiltinTool
 
 PATH = "/v2/query"
-FAST = HttpSettings(
-    timeout=0.5, max_attempts=3, backoff_base=0.02, backoff_max=0.05, retry_after_max=1.0, total_timeout=3.0
-)
 
 
 @pytest.fixture
@@ -26,7 +23,7 @@ def server() -> Iterator[ReplayServer]:
 
 
 def wolfram(server: ReplayServer, **kwargs: object) -> WolframAlpha:
-    options: dict[str, object] = {"base_url": server.base_url, "http": FAST, **kwargs}
+    options: dict[str, object] = {"base_url": server.base_url, "http": FAST_HTTP, **kwargs}
     return WolframAlpha("test-appid", **options)  # type: ignore[arg-type]
 
 
@@ -145,7 +142,7 @@ def test_missing_key_raises_at_construction(monkeypatch: pytest.MonkeyPatch, ser
         WolframAlpha()
     monkeypatch.setenv("WOLFRAM_ALPHA_API_KEY", "env-appid")
     server.script(PATH, recorded("wolfram_success.json"))
-    WolframAlpha(base_url=server.base_url, http=FAST).call({"query": "x"})
+    WolframAlpha(base_url=server.base_url, http=FAST_HTTP).call({"query": "x"})
     assert server.requests[0].query["appid"] == ["env-appid"]
 
 
@@ -195,7 +192,7 @@ def test_unusable_answers_are_error_results(server: ReplayServer, reply: Reply, 
 
 
 def test_connection_refused_is_reported() -> None:
-    result = WolframAlpha("k", base_url=unused_port_url(), http=FAST).call({"query": "x"})
+    result = WolframAlpha("k", base_url=unused_port_url(), http=FAST_HTTP).call({"query": "x"})
     assert (
         result.is_error and "after 3 attempt(s)" in result.content and "connection failed" in result.content
     )
