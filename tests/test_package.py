@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_every_public_name_resolves():
     import llama_agents
@@ -24,9 +26,6 @@ def test_import_does_not_load_torch():
 def test_unknown_attribute_is_an_attribute_error():
     import llama_agents
 
-    try:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
         llama_agents.NoSuchThing  # noqa: B018
-    except AttributeError as e:
-        assert "NoSuchThing" in str(e)
-    else:
-        raise AssertionError("expected AttributeError")
+    assert not hasattr(llama_agents, "NoSuchThing")
