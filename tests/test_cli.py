@@ -156,6 +156,13 @@ def test_run_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys, tokenizer):
         assert f"[stopped: {result['stop_reason']}]" in out.err
 
 
-def test_prompt_format_uses_the_model_tokenizer(tiny_checkpoint, capsys):
-    assert main(["prompt-format", "hi", "--model", str(tiny_checkpoint), "--date", "2024-09-21"]) == 0
-    assert capsys.readouterr().out.endswith("hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+def test_prompt_format_uses_the_model_tokenizer(tiny_checkpoint, capsys, monkeypatch, tokenizer):
+    monkeypatch.delenv("LLAMA_AGENTS_MODEL", raising=False)
+    argv = ["prompt-format", "hi", "--date", "2024-09-21", "--json"]
+    assert main([*argv, "--model", str(tiny_checkpoint)]) == 0
+    with_model = json.loads(capsys.readouterr().out)
+    assert with_model["text"].endswith("hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    # the checkpoint's tokenizer (the real one, copied by the writer) gives the same ids as the bundled one
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == with_model
+    assert with_model["tokens"] == tokenizer.encode(with_model["text"], allowed_special="all")
