@@ -41,7 +41,11 @@ _LAYER_NAMES = {
     "ffn_norm": "post_attention_layernorm",
 }
 _LAYER_NAMES_BACK = {v: k for k, v in _LAYER_NAMES.items()}
-_TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+_TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 _TOP_NAMES_BACK = {v: k for k, v in _TOP_NAMES.items()}
 _META_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.weight")
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
@@ -51,8 +55,6 @@ def meta_name_to_hf(name: str) -> str:
     """`layers.3.attention.wq.weight` -> `model.layers.3.self_attn.q_proj.weight`."""
     if name in _TOP_NAMES:
         return _TOP_NAMES[name]
-    if name == "output.weight":
-        return "lm_head.weight"
     m = _META_LAYER.fullmatch(name)
     if m is None or m.group(2) not in _LAYER_NAMES:
         raise KeyError(name)
@@ -63,8 +65,6 @@ def hf_name_to_meta(name: str) -> str | None:
     """The Meta name of an HF tensor name, or None when it is not a Llama weight we know."""
     if name in _TOP_NAMES_BACK:
         return _TOP_NAMES_BACK[name]
-    if name == "lm_head.weight":
-        return "output.weight"
     m = _HF_LAYER.fullmatch(name)
     if m is None or m.group(2) not in _LAYER_NAMES_BACK:
         return None

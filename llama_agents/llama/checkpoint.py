@@ -52,6 +52,7 @@ from llama_agents.llama.parallel import (
     check_divisible,
     hf_shard_tensors,
     meta_shard_tensors,
+    read_meta_shard,
     split_full_tensor,
 )
 
@@ -240,13 +241,7 @@ def _meta_tensors(d: Path, args: ModelArgs) -> Iterator[tuple[str, torch.Tensor,
         )
         return
     path = shards[model_parallel_rank()]
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # truncated zip, not a torch file, unpickling refused
-        raise CheckpointError(f"{path}: cannot read the weights ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
-    for name, tensor in state.items():
+    for name, tensor in read_meta_shard(path).items():
         if name in _IGNORED_META:
             continue
         if not isinstance(tensor, torch.Tensor):

@@ -11,7 +11,8 @@ What it does:
 - Resharding: `meta_shard_tensors` reads this rank's slice of every weight from Meta shards saved at
   any model-parallel size (concatenate along the split dim, split for the new size), opening the
   `.pth` files with mmap so each rank reads only the pages it needs; `hf_shard_tensors` slices
-  safetensors files directly (`get_slice`).
+  safetensors files directly (`get_slice`). `read_meta_shard` opens one `.pth` shard (mmap, tensors
+  only) for this and for `checkpoint.py`'s unresharded load.
 - `Coordinator`: rank 0 (the leader) drives generation and, before every forward pass, broadcasts the
   tokens, position and `last_only` to the other ranks over a separate gloo group; `run_worker(llama)`
   is the loop the other ranks run, taking part in each forward pass until the leader says stop (at
@@ -49,6 +50,7 @@ __all__ = [
     "launched_world_size",
     "local_device",
     "meta_shard_tensors",
+    "read_meta_shard",
     "run_worker",
     "shard_dim",
     "split_full_tensor",
@@ -227,6 +229,18 @@ def _src_rows(name: str, full: int, args: ModelArgs, n_src: int) -> int:
     return full // n_src
 
 
+def read_meta_shard(path: Path) -> dict[str, Any]:
+    """The state dict of one Meta `consolidated.NN.pth` shard, memory-mapped on the CPU (tensors only,
+    no pickled code); a `CheckpointError` naming the file when it cannot be read or is not a dict."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, unpickling refused
+        raise CheckpointError(f"{path}: cannot read the weights ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    return state
+
+
 def meta_shard_tensors(
     shards: Sequence[Path],
     args: ModelArgs,
@@ -259,12 +273,7 @@ def meta_shard_tensors(
     def state(i: int) -> dict[str, Any]:
         if i not in states:
             path = shards[i]
-            try:
-                loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as e:  # truncated zip, not a torch file, unpickling refused
-                raise CheckpointError(f"{path}: cannot read the weights ({type(e).__name__}: {e})") from e
-            if not isinstance(loaded, dict):
-                raise CheckpointError(f"{path}: expected a dict of tensors, found {type(loaded).__name__}")
+            loaded = read_meta_shard(path)
             unexpected = [k for k in loaded if k not in shapes and k not in ignored]
             if unexpected:
                 raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r}")
