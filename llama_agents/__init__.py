@@ -5,7 +5,9 @@ The public API in one place::
     from llama_agents import Agent, tool, BraveSearch, WolframAlpha, CodeInterpreter
 
 Importing this package imports no torch: the names that need it (`Llama`, `LocalBackend`) load on
-first use.
+first use. It only re-exports: it defines no behaviour of its own, and it does not export the
+lower-level pieces (`llama_agents.llama.*` codec and model, `llama_agents.backends.*` engines), which
+are imported from their modules.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Decodes id by id with `Tokenizer.decode_bytes`, holding back incomplete UTF-8 sequences and any
 text that is, or may become, tool-call syntax (`<|python_tag|>` code, `<function=...>`, a JSON or
 python-list call, `brave_search.call(...)`). It only decides what to show while a reply is being
-written; the message itself is decoded by `ChatFormat.decode_assistant_message`.
+written; it does not decode the message itself (`ChatFormat.decode_assistant_message` does).
 """
 
 from __future__ import annotations

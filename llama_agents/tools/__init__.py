@@ -1,4 +1,9 @@
-"""Tools a Llama agent can call: the `Tool` base class, `@tool`, and the built-in tools."""
+"""Tools a Llama agent can call: the `Tool` base class, `@tool`, and the built-in tools.
+
+It only re-exports the public names, with the settings and result types users need
+(`HttpSettings`, `SandboxLimits`, `ExecutionResult`); it does not export the executors behind the
+code interpreter (`_sandbox`, `_unsafe_executor`, `_repl_session`) or the HTTP client (`_http`).
+"""
 
 from llama_agents.tools._http import HttpSettings
 from llama_agents.tools.base import FunctionTool, Tool, ToolResult, tool

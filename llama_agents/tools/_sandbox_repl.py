@@ -32,6 +32,8 @@ import traceback
 import types
 from typing import Any
 
+__all__ = ["Repl", "main"]
+
 _HEADER = struct.Struct(">I")
 _MAX_REQUEST = 64 * 1024 * 1024
 
