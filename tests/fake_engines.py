@@ -75,6 +75,7 @@ class FakeEngine:
         max_model_len: int | None = None,
         api_key: str | None = None,
         delay: float = 0.0,
+        listing_delay: float = 0.0,
     ) -> None:
         assert kind in ENGINE_KINDS, kind
         self.kind = kind
@@ -84,6 +85,7 @@ class FakeEngine:
         self.max_model_len = max_model_len
         self.api_key = api_key
         self.delay = delay
+        self.listing_delay = listing_delay  # seconds before answering any GET (a busy server)
         self.requests: list[dict[str, Any]] = []
         self.prompts: list[list[int]] = []
         self.completions: list[list[int]] = []
@@ -326,6 +328,8 @@ class FakeEngine:
                 return False
 
             def do_GET(self) -> None:
+                if engine.listing_delay:
+                    time.sleep(engine.listing_delay)
                 if not self._authorized():
                     return
                 kind = engine.kind

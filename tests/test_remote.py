@@ -168,6 +168,15 @@ def test_busy_server_is_retried_before_the_first_token(status, tokenizer):
             complete(backend, tokenizer)
 
 
+def test_a_slow_listing_is_waited_for_up_to_the_read_timeout(tokenizer):
+    # connect_timeout bounds opening the connection only, not the server's answer to the probe
+    settings = RemoteSettings(connect_timeout=0.2, read_timeout=5, max_attempts=1)
+    with engine("ollama", tokenizer, [ANSWER], listing_delay=0.5) as server:
+        backend = connect(server.url, tokenizer=tokenizer, settings=settings)
+        assert type(backend) is OllamaBackend and backend.model == "llama3.1:8b"
+        assert complete(backend, tokenizer)[-1] == tokenizer.eot_id
+
+
 def test_down_server_is_a_clear_error(tokenizer):
     url = unused_port_url()
     with pytest.raises(BackendError, match=r"cannot reach.*is it running"):

@@ -154,7 +154,9 @@ def _probe(
     headers = {"User-Agent": "llama-agents"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    timeout = httpx.Timeout(settings.connect_timeout)
+    # connect_timeout bounds only opening the connection; a busy server may take longer to answer
+    # (read_timeout), as for completions.
+    timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     with httpx.Client(headers=headers, timeout=timeout, transport=transport) as client:
 
         def get(path: str) -> Any:
