@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 
 import pytest
@@ -168,12 +167,12 @@ def test_split_long_runs_cuts_where_the_reference_cuts(text: str, limit: int) ->
     )
 
 
+@pytest.mark.timeout(120)  # a safety net for a quadratic blow-up, not a speed test
 def test_very_long_inputs(tokenizer: Tokenizer, reference: ReferenceTokenizer) -> None:
     # Past tiktoken's ~400k-character panic, and a 300k run without whitespace (quadratic unsplit).
+    # The ids equal the reference's, which splits such runs where ours must.
     text = ("word " * 50_000) + "x" * 300_000 + " " * 40_000 + "tail\n" * 20_000
-    start = time.perf_counter()
     ids = tokenizer.encode(text)
-    assert time.perf_counter() - start < 10
     assert ids == ref_encode(reference, text)
     assert tokenizer.decode(ids) == text
 
