@@ -146,7 +146,8 @@ def test_429_retry_after_seconds_is_honoured(server: ReplayServer) -> None:
     result = brave(server).call({"query": "x"})
     assert not result.is_error
     first, second = server.requests
-    assert 0.38 <= second.at - first.at < 0.9  # waited what the server asked, not the 0.02 s backoff
+    # waited what the server asked, not the 0.02 s backoff (the upper bound is only a safety net)
+    assert 0.38 <= second.at - first.at < 3.0
 
 
 def test_429_retry_after_http_date_is_capped(server: ReplayServer) -> None:
@@ -158,7 +159,8 @@ def test_429_retry_after_http_date_is_capped(server: ReplayServer) -> None:
     result = brave(server, http=settings).call({"query": "x"})
     assert not result.is_error
     first, second = server.requests
-    assert 0.28 <= second.at - first.at < 0.8  # capped at retry_after_max
+    # capped at retry_after_max: uncapped, the hour-long wait would not fit total_timeout and fail
+    assert 0.28 <= second.at - first.at < 2.5
 
 
 def test_500_then_success(server: ReplayServer) -> None:
@@ -171,7 +173,7 @@ def test_persistent_5xx_gives_up_after_max_attempts(server: ReplayServer) -> Non
     server.script(PATH, Reply(status=500, body={"error": "internal"}))
     start = time.monotonic()
     result = brave(server).call({"query": "x"})
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 5.0  # three quick attempts, no long sleeps
     assert result.is_error
     assert "did not answer usably after 3 attempt(s)" in result.content
     assert "HTTP 500" in result.content and "internal" in result.content
@@ -185,7 +187,8 @@ def test_backoff_is_full_jitter_and_bounded(server: ReplayServer) -> None:
     times = [r.at for r in server.requests]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # retry n waits uniformly in [0, min(0.15, 0.1 * 2**(n-1))], plus the request itself
-    assert len(gaps) == 3 and all(gap < 0.15 + 0.1 for gap in gaps)
+    # (plus a margin for a loaded machine; the exact bounds are checked on _delay below)
+    assert len(gaps) == 3 and all(gap < 0.15 + 0.5 for gap in gaps)
 
     client = JsonHttpClient("S", key_env="K", settings=settings, rng=random.Random(0))
     for attempt, ceiling in [(1, 0.1), (2, 0.15), (5, 0.15)]:
@@ -201,7 +204,7 @@ def test_total_time_is_bounded_even_with_long_backoff(server: ReplayServer) -> N
     settings = HttpSettings(timeout=0.5, max_attempts=10, retry_after_max=30, total_timeout=1.0)
     start = time.monotonic()
     result = brave(server, http=settings).call({"query": "x"})
-    assert time.monotonic() - start < 0.8  # does not sleep 30 s it cannot afford
+    assert time.monotonic() - start < 5.0  # does not sleep 30 s it cannot afford
     assert result.is_error and "after 1 attempt(s)" in result.content and "HTTP 503" in result.content
 
 
@@ -211,7 +214,7 @@ def test_timeout_is_retried_then_reported(server: ReplayServer) -> None:
     start = time.monotonic()
     result = brave(server, http=settings).call({"query": "x"})
     elapsed = time.monotonic() - start
-    assert 0.4 <= elapsed < 1.2
+    assert 0.4 <= elapsed < 4.0  # two 0.2 s timeouts, not the server's 5 s delay
     assert result.is_error and "after 2 attempt(s)" in result.content
     assert "timed out" in result.content or "no complete answer" in result.content
 
@@ -264,7 +267,7 @@ def test_connection_refused_is_retried_then_reported() -> None:
     tool = BraveSearch("k", base_url=unused_port_url(), http=FAST_HTTP)
     start = time.monotonic()
     result = tool.call({"query": "x"})
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 5.0  # quick retries, no hang
     assert result.is_error and "after 3 attempt(s)" in result.content and "ConnectError" in result.content
 
 
