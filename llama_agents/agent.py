@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -520,6 +521,7 @@ class _LoopThread:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._finalizer: weakref.finalize | None = None
         self._lock = threading.Lock()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -536,12 +538,12 @@ class _LoopThread:
 
     def close(self) -> None:
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
+            loop, thread, finalizer = self._loop, self._thread, self._finalizer
+            self._loop = self._thread = self._finalizer = None
+        if finalizer is not None:
+            finalizer.detach()
         if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
+            _stop_loop(loop, thread)
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -550,4 +552,15 @@ class _LoopThread:
                 thread = threading.Thread(target=loop.run_forever, name="llama-agents-loop", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
+                # An agent dropped without close() must not leave its loop thread running.
+                self._finalizer = weakref.finalize(self, _stop_loop, loop, thread)
             return self._loop
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    if loop.is_closed():
+        return
+    loop.call_soon_threadsafe(loop.stop)
+    if thread is not threading.current_thread():
+        thread.join()
+        loop.close()  # also lets the default executor's idle threads go

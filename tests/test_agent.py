@@ -483,6 +483,20 @@ def test_rejected_api_key_raises_but_keeps_the_dialog_whole(tokenizer):
     )
 
 
+def test_an_agent_dropped_without_close_leaves_no_thread_behind(tokenizer):
+    import gc
+    import threading
+
+    agent, _ = make_agent(tokenizer, ["Hi.<|eot_id|>"])
+    assert agent.run("Hello?").answer == "Hi."
+    (thread,) = [t for t in threading.enumerate() if t is agent._loop_thread._thread]
+    assert thread.is_alive()
+    del agent
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
 @pytest.fixture
 def interpreter():
     from llama_agents.tools.code_interpreter import CodeInterpreter
