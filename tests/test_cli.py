@@ -166,3 +166,22 @@ def test_prompt_format_uses_the_model_tokenizer(tiny_checkpoint, capsys, monkeyp
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out) == with_model
     assert with_model["tokens"] == tokenizer.encode(with_model["text"], allowed_special="all")
+
+
+def test_chat_keeps_the_conversation_until_reset(tiny_checkpoint, capsys, monkeypatch):
+    import io
+
+    lines = "first question\n\nsecond question\n/reset\nthird question\nexit\nnever read\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    argv = ["chat", "--model", str(tiny_checkpoint), "--json", "--max-tokens", "3", "--max-steps", "1"]
+    argv += ["--seed", "0", "--date", "2024-09-21", "--max-seq-len", "512"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    results = [json.loads(line) for line in out.out.splitlines()]
+    assert len(results) == 3  # the blank line is skipped, `exit` ends the chat
+    questions = [[m["content"] for m in r["messages"] if m["role"] == "user"] for r in results]
+    assert questions[0] == ["first question"]
+    assert questions[1] == ["first question", "second question"]  # the same conversation
+    assert questions[2] == ["third question"]  # /reset started a new one
+    assert results[1]["messages"][: len(results[0]["messages"])] == results[0]["messages"]
+    assert "(new conversation)" in out.err
