@@ -15,7 +15,7 @@ from http_replay import FAST_HTTP, ReplayServer, Reply, load_data, unused_port_u
 
 from llama_agents.errors import ToolConfigurationError, UsageError
 from llama_agents.tools import BraveSearch, HttpSettings
-from llama_agents.tools._http import JsonHttpClient, parse_retry_after
+from llama_agents.tools._http import JsonHttpClient
 from llama_agents.types import BuiltinTool
 
 PATH = "/res/v1/web/search"
@@ -296,18 +296,6 @@ def test_works_from_async_code_and_concurrently(server: ReplayServer) -> None:
 
     assert asyncio.run(main()) == [False] * 4
     assert sorted(r.query["q"][0] for r in server.requests)[:3] == ["q0", "q1", "q2"]
-
-
-def test_parse_retry_after() -> None:
-    now = 1_700_000_000.0
-    assert parse_retry_after("7", now=now) == 7.0
-    assert parse_retry_after("0.5", now=now) == 0.5
-    assert parse_retry_after(email.utils.formatdate(now + 20, usegmt=True), now=now) == pytest.approx(
-        20, abs=1
-    )
-    assert parse_retry_after(email.utils.formatdate(now - 20, usegmt=True), now=now) == 0.0
-    assert parse_retry_after("soon", now=now) is None
-    assert parse_retry_after(None) is None
 
 
 def test_http_settings_are_checked() -> None:

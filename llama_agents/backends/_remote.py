@@ -8,7 +8,7 @@ into token ids with our tokenizer, special tokens allowed (it is model output, n
 reports (or stripped) is put back at the end, so the stop reason survives the round trip.
 
 Failures: connection errors, timeouts before the first byte, 429, 502, 503 and 504 are retried with
-exponential backoff and full jitter (honouring `Retry-After` in seconds) while nothing has been
+exponential backoff and full jitter (honouring `Retry-After`, in seconds or as an HTTP date) while nothing has been
 yielded; once a token has been yielded a failure is never retried (the caller already has part of
 the reply) and raises `BackendError` saying the reply was cut off. Bad credentials, a model the
 server does not serve, or a bad request raise `UsageError`; a prompt the server says is too long
@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from llama_agents._retry import backoff_delay, parse_retry_after
 from llama_agents.errors import BackendError, PromptTooLongError, UsageError
 from llama_agents.llama.tokenizer import Tokenizer
 
@@ -330,7 +331,7 @@ class RemoteBackend:
         status = response.status_code
         where = f"the {self.engine} server at {self.base_url}"
         if status in _RETRY_STATUSES:
-            raise _Retry(f"HTTP {status}: {message}", _retry_after(response.headers.get("retry-after")))
+            raise _Retry(f"HTTP {status}: {message}", parse_retry_after(response.headers.get("retry-after")))
         if status in (401, 403):
             raise UsageError(
                 f"{where} rejected the credentials (HTTP {status}: {message}); pass api_key= or set "
@@ -351,11 +352,15 @@ class RemoteBackend:
 
     def _wait(self, attempt: int, retry_after: float | None, reason: str) -> None:
         s = self.settings
-        if retry_after is not None:
-            delay = min(retry_after, s.retry_after_max)
-        else:
-            with self._rng_lock:
-                delay = self._rng.uniform(0, min(s.backoff_max, s.backoff_base * 2 ** (attempt - 1)))
+        with self._rng_lock:
+            delay = backoff_delay(
+                attempt,
+                retry_after,
+                base=s.backoff_base,
+                maximum=s.backoff_max,
+                retry_after_max=s.retry_after_max,
+                rng=self._rng,
+            )
         logger.warning("%s at %s: %s; retry %d in %.2fs", self.engine, self.base_url, reason, attempt, delay)
         time.sleep(delay)
 
@@ -447,16 +452,6 @@ def stream_error(engine: str, payload: Any) -> Exception:
     if _says_too_long(message):
         return PromptTooLongError(f"the {engine} server says the prompt is too long: {message}")
     return BackendError(f"the {engine} server failed mid-reply: {message}")
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return max(seconds, 0.0)
 
 
 def iter_sse_data(response: httpx.Response) -> Iterator[str]:

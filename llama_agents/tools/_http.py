@@ -20,7 +20,6 @@ What it does not do: know any API's format beyond "JSON", cache, or keep connect
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import os
@@ -32,9 +31,10 @@ from typing import Any
 
 import httpx
 
+from llama_agents._retry import backoff_delay, parse_retry_after
 from llama_agents.errors import ToolConfigurationError, UsageError
 
-__all__ = ["HttpSettings", "JsonHttpClient", "UpstreamError", "parse_retry_after", "resolve_api_key"]
+__all__ = ["HttpSettings", "JsonHttpClient", "UpstreamError", "resolve_api_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +164,15 @@ class JsonHttpClient:
         )
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        settings = self.settings
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), settings.retry_after_max)
-        ceiling = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
-        return self._rng.uniform(0.0, ceiling)
+        s = self.settings
+        return backoff_delay(
+            attempt,
+            retry_after,
+            base=s.backoff_base,
+            maximum=s.backoff_max,
+            retry_after_max=s.retry_after_max,
+            rng=self._rng,
+        )
 
     async def _attempt(
         self, client: httpx.AsyncClient, url: str, params: dict[str, Any] | None, headers: dict[str, str]
@@ -258,23 +262,6 @@ def resolve_api_key(api_key: str | None, *, env: str, service: str, signup_url: 
             f"api_key=... to the tool. Get a key at {signup_url}."
         )
     return key.strip()
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date; None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def _describe(body: bytes, content_type: str) -> str:
