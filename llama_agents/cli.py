@@ -281,12 +281,17 @@ def _import(spec: str) -> ModuleType:
         if module_spec is None or module_spec.loader is None:
             raise UsageError(f"--tools-module {spec!r} cannot be imported as Python")
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:  # the user's code: a syntax error, or anything it raises at import
+            raise UsageError(f"--tools-module {spec!r} failed to import: {type(e).__name__}: {e}") from e
         return module
     try:
         return importlib.import_module(spec)
     except ImportError as e:
         raise UsageError(f"--tools-module {spec!r} cannot be imported: {e}") from e
+    except Exception as e:
+        raise UsageError(f"--tools-module {spec!r} failed to import: {type(e).__name__}: {e}") from e
 
 
 def _module_tools(module: ModuleType) -> list[Tool]:

@@ -111,6 +111,25 @@ def test_a_tools_module_without_tools_is_an_error(capsys, tmp_path):
     assert "defines no tools" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [("def broken(:\n", "SyntaxError"), ("raise RuntimeError('boom')\n", "boom")],
+)
+def test_a_tools_module_that_fails_to_import_is_a_usage_error(source, message, capsys, tmp_path):
+    module = tmp_path / "broken_tools.py"
+    module.write_text(source)
+    assert main(["prompt-format", "q", "--tools-module", str(module)]) == 2
+    err = capsys.readouterr().err
+    assert "--tools-module" in err and message in err and "Traceback" not in err
+
+
+def test_an_importable_tools_module_that_raises_is_a_usage_error(capsys, tmp_path, monkeypatch):
+    (tmp_path / "raising_tools_mod.py").write_text("raise KeyError('missing setting')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["prompt-format", "q", "--tools-module", "raising_tools_mod"]) == 2
+    assert "missing setting" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, tokenizer_path):
     from llama_agents.llama.checkpoint import write_random_checkpoint
