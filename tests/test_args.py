@@ -97,3 +97,64 @@ def test_overrides_and_non_params_fields():
         PRESETS["tiny"].replace(rope_original_max_position=32).to_params()
     with pytest.raises(CheckpointError, match="unknown preset 'llama2'"):
         get_preset("llama2")
+
+
+@pytest.mark.parametrize(
+    ("sku", "factor"),
+    [
+        ("Llama3.2-1B", 32.0),
+        ("Llama3.2-3B-Instruct", 32.0),
+        ("Llama3.1-8B-Instruct", 8.0),
+        ("Llama3.3-70B-Instruct", 8.0),
+    ],
+)
+def test_meta_params_json_gets_the_rope_factor_its_model_was_trained_with(sku, factor):
+    # params.json has no RoPE factor. Llama 3.2 1B/3B were trained with 32 (their HF config.json says so;
+    # the llama-models reference hard-codes 8, meta-llama/llama-models#241); the others with 8.
+    params = resolve_model(sku).arch_args
+    args = ModelArgs.from_params(params)
+    assert args.rope_scale_factor == factor
+    assert args.to_params() == params
+
+
+def test_llama32_1b_params_json_and_hf_config_json_give_the_same_model():
+    from llama_agents.llama._hf import args_from_hf_config
+
+    config = {  # meta-llama/Llama-3.2-1B config.json as released
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "hidden_size": 2048,
+        "initializer_range": 0.02,
+        "intermediate_size": 8192,
+        "max_position_embeddings": 131072,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 16,
+        "num_key_value_heads": 8,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0.dev0",
+        "use_cache": True,
+        "vocab_size": 128256,
+    }
+    hf, tied = args_from_hf_config(config)
+    meta = ModelArgs.from_params(resolve_model("Llama3.2-1B").arch_args)
+    assert tied
+    assert hf.ffn_hidden_dim == meta.ffn_hidden_dim == 8192
+    assert hf.replace(multiple_of=meta.multiple_of, ffn_dim_multiplier=meta.ffn_dim_multiplier) == meta

@@ -17,7 +17,7 @@ from typing import Any
 
 from llama_agents.errors import CheckpointError
 
-__all__ = ["PARAMS_KEYS", "PRESETS", "ModelArgs", "get_preset"]
+__all__ = ["PARAMS_KEYS", "PRESETS", "ModelArgs", "get_preset", "meta_rope_scale_factor"]
 
 # Exactly the keys of a Llama 3.1 `params.json` as Meta ships it.
 PARAMS_KEYS: tuple[str, ...] = (
@@ -33,15 +33,28 @@ PARAMS_KEYS: tuple[str, ...] = (
     "use_scaled_rope",
 )
 
+# Meta's params.json carries no RoPE scaling factor. Llama 3.1, 3.2 11B/90B and 3.3 use 8; Llama 3.2 1B and
+# 3B use 32 (their Hugging Face config.json says so, and Meta confirmed it: meta-llama/llama-models#166,
+# #241; the llama-models reference hard-codes 8, which degrades those two models on long contexts). They
+# are told apart by shape: (dim, n_layers, n_heads, n_kv_heads).
+_ROPE_FACTOR_32_SHAPES = frozenset({(2048, 16, 32, 8), (3072, 28, 24, 8)})
+
+
+def meta_rope_scale_factor(dim: int, n_layers: int, n_heads: int, n_kv_heads: int) -> float:
+    """The RoPE scaling factor of the Meta model with this shape: 32 for Llama 3.2 1B/3B, else 8."""
+    return 32.0 if (dim, n_layers, n_heads, n_kv_heads) in _ROPE_FACTOR_32_SHAPES else 8.0
+
 
 @dataclass(frozen=True)
 class ModelArgs:
     """The hyper-parameters of a Llama 3.1 Transformer.
 
-    The first ten fields are the keys of Meta's `params.json`. The `rope_*` scaling fields are the
-    Llama 3.1 values (Meta hard-codes them; Hugging Face configs carry them in `rope_scaling`) and apply
-    only when `use_scaled_rope` is true. `max_seq_len` is how many positions the RoPE table covers (the
-    model's context, 128K for Llama 3.1); the KV cache is sized separately by `Transformer.setup_cache`.
+    The first ten fields are the keys of Meta's `params.json`. The `rope_*` scaling fields default to the
+    Llama 3.1 values (params.json does not carry them: `from_params` takes the factor from the shape, 32
+    for Llama 3.2 1B/3B, see `meta_rope_scale_factor`; Hugging Face configs carry them in `rope_scaling`)
+    and apply only when `use_scaled_rope` is true. `max_seq_len` is how many positions the RoPE table
+    covers (the model's context, 128K for Llama 3.1); the KV cache is sized separately by
+    `Transformer.setup_cache`.
     `hidden_dim` overrides the feed-forward width when a config gives it directly (Hugging Face
     `intermediate_size`); when None it is derived from `multiple_of` and `ffn_dim_multiplier` as Meta does.
     """
@@ -127,7 +140,7 @@ class ModelArgs:
         bad_override = sorted(set(overrides) & set(PARAMS_KEYS))
         if bad_override:
             raise CheckpointError(f"{source}: {bad_override} come from the file and cannot be overridden")
-        values = dict(params)
+        values: dict[str, Any] = dict(params)
         for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of"):
             v = values[key]
             if isinstance(v, bool) or not isinstance(v, int):
@@ -143,6 +156,10 @@ class ModelArgs:
         if not isinstance(values["use_scaled_rope"], bool):
             raise CheckpointError(
                 f"{source}: 'use_scaled_rope' must be true or false, got {values['use_scaled_rope']!r}"
+            )
+        if "rope_scale_factor" not in overrides:
+            values["rope_scale_factor"] = meta_rope_scale_factor(
+                values["dim"], values["n_layers"], values["n_heads"], values["n_kv_heads"]
             )
         try:
             return cls(**values, **overrides)
@@ -163,10 +180,11 @@ class ModelArgs:
             self.rope_low_freq_factor,
             self.rope_high_freq_factor,
             self.rope_original_max_position,
-        ) != (8.0, 1.0, 4.0, 8192):
+        ) != (meta_rope_scale_factor(self.dim, self.n_layers, self.n_heads, self.n_kv_heads), 1.0, 4.0, 8192):
             raise CheckpointError(
-                "params.json cannot carry non-default RoPE scaling parameters (Meta hard-codes the Llama 3.1 "
-                "values); write the Hugging Face layout instead"
+                "params.json cannot carry non-default RoPE scaling parameters (they follow from the model's "
+                "shape: factor 32 for Llama 3.2 1B/3B, else 8; low 1, high 4, original context 8192); "
+                "write the Hugging Face layout instead"
             )
         return {k: getattr(self, k) for k in PARAMS_KEYS}
 
