@@ -16,6 +16,7 @@ What it does not do: tokenise or sample (the backend), know about tensors, rende
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -233,11 +234,17 @@ class Agent:
             raise UsageError(f"the question must be a non-empty string, got {question!r}")
         if not self._busy.acquire(blocking=False):
             raise UsageError("this agent is already running; one run at a time per agent (session)")
+        steps = self._steps(question)
         try:
-            async for event in self._steps(question):
+            async for event in steps:
                 yield event
         finally:
-            self._busy.release()
+            # Closed early (a `break` out of the stream, a cancelled task): close the run here, so the
+            # backend's generation is stopped and the transcript tidied before the next run may start.
+            try:
+                await steps.aclose()
+            finally:
+                self._busy.release()
 
     async def _steps(self, question: str) -> AsyncIterator[AgentEvent]:
         if not self._messages:
@@ -263,16 +270,18 @@ class Agent:
             tokens: list[int] = []
             started = time.perf_counter()
             try:
-                async for token in self._generate(prompt, limit):
-                    tokens.append(token)
-                    delta = texts.feed(token)
-                    if delta:
-                        yield TextDelta(step=index, text=delta)
+                async with contextlib.aclosing(self._generate(prompt, limit)) as generation:
+                    async for token in generation:
+                        tokens.append(token)
+                        delta = texts.feed(token)
+                        if delta:
+                            yield TextDelta(step=index, text=delta)
             except PromptTooLongError as e:
                 stop, detail = RunStopReason.context_length, f"{e} Start a new session with reset()."
                 break
             generation_s = time.perf_counter() - started
             message = self.formatter.decode_assistant_message(tokens, StopReason.out_of_tokens)
+            step_start = len(self._messages)
             self._messages.append(message)
             delta = texts.finish(message)
             if delta:
@@ -283,19 +292,27 @@ class Agent:
             runs: list[ToolRun] = []
             started = time.perf_counter()
             if message.tool_calls and not truncated:
-                for call in message.tool_calls:
-                    yield ToolCallStarted(step=index, call=call)
-                async for run in self._run_calls(message.tool_calls, seen, index):
-                    runs.append(run)
-                    self._messages.append(
-                        Message(
-                            role="tool",
-                            content=run.content,
-                            call_id=run.call.call_id,
-                            tool_name=run.call.tool_name,
-                        )
-                    )
-                    yield ToolResultEvent(step=index, run=run)
+                try:
+                    for call in message.tool_calls:
+                        yield ToolCallStarted(step=index, call=call)
+                    calls = self._run_calls(message.tool_calls, seen, index)
+                    async with contextlib.aclosing(calls):
+                        async for run in calls:
+                            runs.append(run)
+                            self._messages.append(
+                                Message(
+                                    role="tool",
+                                    content=run.content,
+                                    call_id=run.call.call_id,
+                                    tool_name=run.call.tool_name,
+                                )
+                            )
+                            yield ToolResultEvent(step=index, run=run)
+                finally:
+                    # Abandoned (the stream closed, the task cancelled) before every call had its
+                    # result: drop the unfinished step, so the transcript stays a valid dialog.
+                    if len(runs) < len(message.tool_calls):
+                        del self._messages[step_start:]
             step = Step(
                 index=index,
                 message=message,

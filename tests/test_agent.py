@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import time
 
 import pytest
 from scripted_backend import ScriptedBackend
@@ -301,6 +302,50 @@ def test_stream_never_shows_tool_call_syntax(tokenizer):
     # a message that turned out not to be a call is shown in full once it ends
     assert "".join(d.text for d in deltas) == result.answer == "Done: 2 and <function=add> is how I call."
     assert "<function" not in "".join(d.text for d in deltas[:-1])
+
+
+def test_breaking_out_of_a_stream_mid_tool_results_leaves_a_whole_transcript(tokenizer):
+    two_calls = json_call("add", a=1, b=2).replace("<|eom_id|>", "\n") + json_call("add", a=3, b=4)[14:]
+    agent, backend = make_agent(tokenizer, [two_calls, "x<|eot_id|>"])
+    before = agent.prompt_tokens("1 + 2 and 3 + 4?")
+    for event in agent.stream("1 + 2 and 3 + 4?"):
+        if event.type == "tool_result":
+            break  # one of the two results seen: abandon the run
+    # the unfinished step (a reply whose calls do not all have results) is not kept; the question is
+    assert agent.formatter.encode_dialog_prompt(agent.messages) == before
+    assert agent.run("again?").answer == "x"
+    assert [m.role for m in agent.messages][-3:] == ["user", "user", "assistant"]
+    assert backend.prompts[-1] == agent.formatter.encode_dialog_prompt(agent.messages[:-1])
+
+
+class SlowBackend(ScriptedBackend):
+    """Yields one id every 20 ms and records whether each completion ran out or was closed."""
+
+    def __init__(self, tokenizer, replies):
+        super().__init__(tokenizer, replies)
+        self.ends: list[str] = []
+
+    def complete(self, prompt_tokens, **kwargs):
+        inner = super().complete(prompt_tokens, **kwargs)
+        try:
+            for token in inner:
+                time.sleep(0.02)
+                yield token
+        except GeneratorExit:
+            self.ends.append("closed")
+            raise
+        finally:
+            inner.close()
+
+
+def test_breaking_out_of_a_stream_closes_the_backend_before_the_next_run(tokenizer):
+    backend = SlowBackend(tokenizer, ["A long answer, word after word, and more.<|eot_id|>", "b<|eot_id|>"])
+    agent = Agent(backend, [add], date=DATE)
+    for _ in agent.stream("q"):
+        break  # the first text delta: generation is still going on
+    assert backend.ends == ["closed"]  # closed before stream() returned, not left running
+    assert agent.run("q2").answer == "b"
+    assert len(backend.ends) == 2 and backend.completions[1][-1] == tokenizer.eot_id
 
 
 def test_async_forms_and_sync_run_inside_a_running_loop(tokenizer):
