@@ -403,41 +403,58 @@ class Agent:
     async def _run_calls(
         self, calls: Sequence[ToolCall], seen: dict[str, int], step: int
     ) -> AsyncIterator[ToolRun]:
-        """Run a reply's calls concurrently; yield their results in call order."""
+        """Run a reply's calls concurrently; yield their results in call order.
+
+        `seen` holds the calls whose results are still current (key -> step): a call equal to one
+        of them is answered with a notice instead of running again. A result stops being current
+        once any tool runs after it (that tool may have changed what the call would return), and a
+        call that failed never is (trying it again is how the model recovers from a timeout).
+        """
         pending: list[asyncio.Future[ToolRun]] = []
+        keys: list[str | None] = []  # the key of each call that runs, None for the others
+        this_step: dict[str, int] = {}
         for call in calls:
             key = json.dumps([call.name, call.arguments], sort_keys=True, default=str)
-            if key in seen:
+            keys.append(None)
+            earlier = seen.get(key, this_step.get(key))
+            if earlier is not None:
                 notice = (
                     f"Notice: {call.name} was already called with exactly these arguments in step "
-                    f"{seen[key]} of this run; its result is above. Use that result, or call it with "
+                    f"{earlier} of this run; its result is above. Use that result, or call it with "
                     "different arguments."
                 )
                 pending.append(_done(ToolRun(call=call, content=notice, is_error=True, repeated=True)))
                 continue
-            seen[key] = step
             found = self._tools_by_name.get(call.name)
             if found is None:
                 names = ", ".join(sorted(self._tools_by_name)) or "none"
                 content = f"Error: there is no tool named {call.name!r}. Available tools: {names}."
                 pending.append(_done(ToolRun(call=call, content=content, is_error=True)))
                 continue
+            this_step[key] = step
+            keys[-1] = key
             pending.append(asyncio.ensure_future(_call_tool(found, call)))
         # A developer error inside a tool (a rejected API key) stops the run, but only once every
         # call of the reply has its result in the transcript, so the dialog stays whole and the
         # session can go on once the problem is fixed.
         failure: BaseException | None = None
+        current: dict[str, int] = {}
         try:
-            for call, future in zip(calls, pending, strict=True):
+            for call, key, future in zip(calls, keys, pending, strict=True):
                 try:
                     run = await future
                 except (UsageError, RunLimitExceeded) as e:
                     failure = failure or e
                     run = ToolRun(call=call, content=f"Error: {call.name} could not run: {e}", is_error=True)
+                if key is not None and not run.is_error:
+                    current[key] = step
                 yield run
         finally:
             for future in pending:
                 future.cancel()
+        if this_step:  # tools ran: only their results are current now
+            seen.clear()
+            seen.update(current)
         if failure is not None:
             raise failure
 

@@ -166,6 +166,49 @@ def test_a_repeated_call_is_answered_with_a_notice_not_run_again(tokenizer):
     assert second.repeated and "already called" in second.content and "step 1" in second.content
 
 
+def test_a_call_repeated_after_another_call_changed_the_world_runs_again(tokenizer):
+    items: list[str] = []
+
+    @tool
+    def add_item(item: str) -> str:
+        """Add an item."""
+        items.append(item)
+        return "added"
+
+    @tool
+    def list_items() -> str:
+        """List the items."""
+        return ", ".join(items) or "none"
+
+    listing = json_call("list_items")
+    replies = [listing, json_call("add_item", item="x"), listing, "x<|eot_id|>"]
+    agent, _ = make_agent(tokenizer, replies, tools=[add_item, list_items])
+    result = agent.run("add x and show the list before and after")
+    assert [(r.content, r.repeated) for r in result.tool_runs] == [
+        ("none", False),
+        ("added", False),
+        ("x", False),
+    ]
+
+
+def test_a_call_that_failed_may_be_retried(tokenizer):
+    attempts = []
+
+    @tool
+    def fetch(url: str) -> str:
+        """Fetch a page."""
+        attempts.append(url)
+        if len(attempts) == 1:
+            raise RuntimeError("timed out")
+        return "page"
+
+    replies = [json_call("fetch", url="u"), json_call("fetch", url="u"), "page<|eot_id|>"]
+    agent, _ = make_agent(tokenizer, replies, tools=[fetch])
+    result = agent.run("fetch u")
+    assert attempts == ["u", "u"]
+    assert [(r.is_error, r.repeated) for r in result.tool_runs] == [(True, False), (False, False)]
+
+
 def test_a_failing_tool_becomes_an_error_result(tokenizer):
     @tool
     def flaky(x: int) -> int:
