@@ -84,19 +84,26 @@ def initial_messages(
 
     A system message (with `Environment: ipython` when there are tools, and the `Tools:` line for
     the built-in ones), then, when there are custom tools, the user message describing them in
-    `tool_prompt_format`, as the Llama 3.1 prompt-format document shows. A `BuiltinTool` stands for
+    `tool_prompt_format`, as the Llama 3.1 prompt-format document shows (`python_list`: the
+    definitions are the system prompt, as Llama 3.2's document shows). A `BuiltinTool` stands for
     the built-in tool of that name (no instance, no API key needed: the prompt only names it).
     """
     fmt = _prompt_format(tool_prompt_format)
     builtin = [t if isinstance(t, BuiltinTool) else t.builtin for t in tools]
     builtin = [b for b in builtin if b is not None]
     custom = [t for t in tools if not isinstance(t, BuiltinTool) and t.builtin is None]
+    definitions = render_tool_definitions([t.definition() for t in custom], fmt) if custom else ""
+    if fmt == ToolPromptFormat.python_list:
+        # Llama 3.2's zero-shot function calling: the definitions are the system prompt (before
+        # any instructions); its calls need no `Environment: ipython`.
+        text = "\n\n".join(part for part in (definitions, instructions) if part) or None
+        system = render_system_prompt(builtin_tools=builtin, date=date, instructions=text)
+        return [Message(role="system", content=system)]
     system = render_system_prompt(
         builtin_tools=builtin, ipython=bool(tools), date=date, instructions=instructions
     )
     messages = [Message(role="system", content=system)]
-    if custom:
-        definitions = render_tool_definitions([t.definition() for t in custom], fmt)
+    if definitions:
         messages.append(Message(role="user", content=definitions))
     return messages
 

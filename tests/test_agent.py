@@ -116,6 +116,19 @@ def test_initial_messages_describe_custom_tools_as_the_llama_doc_shows(tokenizer
     assert text.endswith("hello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
+def test_python_list_tools_are_described_in_the_system_prompt_as_the_llama_3_2_doc_shows():
+    definitions = render_tool_definitions([add.definition()], ToolPromptFormat.python_list)
+    # the 3.2 doc's "Zero shot function calling": the whole system prompt, no extra user message
+    assert initial_messages([add], tool_prompt_format="python_list") == [
+        Message(role="system", content=definitions)
+    ]
+    (system,) = initial_messages(
+        [add, BuiltinTool.brave_search], tool_prompt_format="python_list", date=DATE, instructions="Be brief."
+    )
+    assert system.content.startswith("Environment: ipython\nTools: brave_search\nCutting Knowledge Date:")
+    assert system.content.endswith(f"\n\n{definitions}\n\nBe brief.\n")
+
+
 def test_no_tools_means_no_ipython_environment(tokenizer):
     agent, _ = make_agent(tokenizer, ["Hello!<|eot_id|>"], tools=[], instructions="Be brief.")
     result = agent.run("hi")
