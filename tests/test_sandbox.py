@@ -3,6 +3,7 @@ sandbox and checks from the host side that it was contained and that the interpr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -420,3 +421,148 @@ def test_state_survives_the_end_of_the_thread_that_started_the_sandbox(sandbox):
     thread.join()
     time.sleep(0.2)
     assert sandbox.execute("kept").result == "'from a thread'"
+
+
+# --- the host end must not trust what the sandbox left in its dirs ------------------------------
+
+
+def test_a_symlink_planted_as_the_output_file_does_not_read_host_files(sandbox, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-HOST-FILE")
+    secret.chmod(0o600)
+    r = sandbox.execute(
+        "import os\n"
+        "for name in ('stdout', 'stderr'):\n"
+        "    os.unlink('/run/llama_agents/io/' + name)\n"
+        f"    os.symlink({str(secret)!r}, '/run/llama_agents/io/' + name)\n"
+    )
+    assert "TOP-SECRET" not in r.stdout + r.stderr
+    _ok(sandbox)  # and the next cells still run
+
+
+def test_a_fifo_planted_as_the_output_file_does_not_hang_the_host(sandbox):
+    start = time.monotonic()
+    result: list[object] = []
+    worker = threading.Thread(
+        target=lambda: result.append(
+            sandbox.execute(
+                "import os\nos.unlink('/run/llama_agents/io/stderr')\n"
+                "os.mkfifo('/run/llama_agents/io/stderr')"
+            )
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "the host blocked opening a FIFO the sandbox planted"
+    assert time.monotonic() - start < 15
+    _ok(sandbox)
+
+
+def test_read_file_refuses_a_fifo_instead_of_hanging(sandbox):
+    assert sandbox.execute("import os\nos.mkfifo('pipe')").error is None
+    result: list[object] = []
+
+    def read() -> None:
+        try:
+            sandbox.read_file("pipe")
+        except UsageError as e:
+            result.append(e)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "read_file blocked on a FIFO"
+    assert result and "regular file" in str(result[0])
+
+
+def test_read_file_does_not_follow_a_directory_swapped_for_a_symlink(sandbox, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-HOST-FILE")
+    # A thread left running in the interpreter flips d between a directory and a symlink to a host dir.
+    r = sandbox.execute(
+        "import os, threading\nos.mkdir('real')\nopen('real/secret.txt', 'w').write('harmless')\n"
+        "def flip():\n"
+        "    while True:\n"
+        "        os.rename('real', 'd')\n"
+        f"        os.symlink({str(tmp_path)!r}, 'link')\n"
+        "        os.rename('d', 'real')\n"
+        "        os.rename('link', 'd')\n"
+        "        os.unlink('d')\n"
+        "threading.Thread(target=flip, daemon=True).start()"
+    )
+    assert r.error is None, r.error
+    leaked = 0
+    for _ in range(3000):
+        with contextlib.suppress(UsageError):
+            leaked += b"TOP-SECRET" in sandbox.read_file("d/secret.txt")
+    assert leaked == 0
+
+
+def test_files_does_not_list_a_host_dir_through_a_swapped_symlink(sandbox, tmp_path):
+    (tmp_path / "host-only-name.txt").write_text("x")
+    r = sandbox.execute(
+        "import os, threading\nos.mkdir('real')\n"
+        "def flip():\n"
+        "    while True:\n"
+        "        os.rename('real', 'd')\n"
+        f"        os.symlink({str(tmp_path)!r}, 'link')\n"
+        "        os.rename('d', 'real')\n"
+        "        os.rename('link', 'd')\n"
+        "        os.unlink('d')\n"
+        "threading.Thread(target=flip, daemon=True).start()"
+    )
+    assert r.error is None, r.error
+    for _ in range(1000):
+        assert not any("host-only-name" in f.path for f in sandbox.files())
+
+
+def test_the_hosts_session_keyring_is_not_reachable(sandbox):
+    import ctypes
+    import platform
+
+    nr = {"x86_64": (248, 250), "aarch64": (217, 219)}.get(platform.machine())
+    if nr is None:
+        pytest.skip("add_key/keyctl syscall numbers known only for x86_64 and aarch64 here")
+    add_key, keyctl = nr
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    payload = b"HOST-KEYRING-SECRET"
+    key = libc.syscall(add_key, b"user", b"llama-agents-test", payload, len(payload), -3)  # @s
+    if key < 0:
+        pytest.skip(f"keyctl is not allowed here (errno {ctypes.get_errno()}), so neither is it inside")
+    try:
+        r = sandbox.execute(
+            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+            "buf = ctypes.create_string_buffer(64)\n"
+            f"n = libc.syscall({keyctl}, 11, {key}, buf, 64)\n"  # KEYCTL_READ
+            f"found = libc.syscall({keyctl}, 10, -3, b'user', b'llama-agents-test', 0)\n"  # KEYCTL_SEARCH
+            "buf.raw[: max(n, 0)], found"
+        )
+        assert r.error is None, r.error
+        assert "HOST-KEYRING-SECRET" not in r.result
+    finally:
+        libc.syscall(keyctl, 21, key, -3)  # KEYCTL_UNLINK
+
+
+def test_no_host_file_descriptor_is_left_open_inside(sandbox):
+    r = sandbox.execute(
+        "import os\n{int(fd): os.readlink('/proc/self/fd/' + fd) for fd in os.listdir('/proc/self/fd')"
+        " if os.path.exists('/proc/self/fd/' + fd)}"
+    )
+    assert r.error is None, r.error
+    fds = eval(r.result)
+    # stdin, the cell's stdout/stderr, the two REPL pipes and dups of our own: nothing from the host's disk
+    inside = ("/dev/", "/run/llama_agents/")
+    host_files = [t for t in fds.values() if t.startswith("/") and not t.startswith(inside)]
+    assert host_files == [], fds
+
+
+def test_a_forged_deeply_nested_frame_is_a_crash_not_a_host_exception(sandbox):
+    r = sandbox.execute(
+        "import json, os, struct, time\n"
+        "fd = json.loads(open('/proc/self/cmdline').read().split('\\0')[-2])['response_fd']\n"
+        "body = b'[' * 200000\nos.write(fd, struct.pack('>I', len(body)) + body)\ntime.sleep(0.5)"
+    )
+    assert r.state_lost and r.error is not None and r.error.type == "SandboxCrashed"
+    _ok(sandbox)

@@ -77,7 +77,7 @@ class ReplSession:
         self.buffer = self.buffer[HEADER.size + length :]
         try:
             frame = json.loads(body.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # a frame the code forged, e.g. deeply nested JSON
             return None
         return frame if isinstance(frame, dict) else None
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -195,13 +197,26 @@ _HOW_TO_FIX = (
 )
 
 
+def _open_regular(path: str | Path, dir_fd: int | None = None) -> int:
+    """Open a file the sandbox may have planted, for reading: never through a symlink at its last
+    component, never blocking (a FIFO), and only a regular file (else `OSError`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
 def _read_capped(path: Path, cap: int) -> tuple[str, bool]:
+    """The sandbox's output file, up to `cap` bytes. The io dir is writable from inside, so a symlink,
+    FIFO or directory planted there reads as no output, never as a host file or a blocked read."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            data = f.read(cap)
-    except FileNotFoundError:
+        fd = _open_regular(path)
+    except OSError:
         return "", False
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(cap)
     return data.decode("utf-8", "replace"), size > cap
 
 
@@ -262,6 +277,9 @@ class _ReplExecutor:
         }
 
     def _prepare_dirs(self, uid: int | None) -> None:
+        # A fresh io dir for each interpreter: the last one may have left symlinks or FIFOs there.
+        shutil.rmtree(self._io_dir, ignore_errors=True)
+        self._io_dir.mkdir(exist_ok=True)
         if uid is not None:
             for path in (self.work_dir, self._io_dir):
                 os.chown(path, uid, uid)
@@ -390,16 +408,18 @@ class _ReplExecutor:
     def files(self) -> list[WorkFile]:
         """Regular files under the work dir (symlinks are not followed), at most 1000."""
         found: list[WorkFile] = []
-        for dirpath, dirnames, filenames in os.walk(self.work_dir, followlinks=False):
+        # fwalk descends through directory fds opened without following symlinks, so a directory the
+        # sandbox swaps for a symlink while we walk cannot take the listing outside the work dir.
+        for dirpath, dirnames, filenames, dir_fd in os.fwalk(self.work_dir, follow_symlinks=False):
             dirnames.sort()
             for name in sorted(filenames):
-                path = Path(dirpath) / name
                 try:
-                    st = path.lstat()
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except OSError:
                     continue
-                if path.is_symlink() or not path.is_file():
+                if not stat.S_ISREG(st.st_mode):
                     continue
+                path = Path(dirpath) / name
                 found.append(WorkFile(path=str(path.relative_to(self.work_dir)), size=st.st_size))
                 if len(found) >= _MAX_LISTED_FILES:
                     return found
@@ -409,18 +429,35 @@ class _ReplExecutor:
         """The first `max_bytes` of a file in the work dir. `path` is relative to the work dir (or
         absolute under the sandbox's /workspace); symlinks and paths leaving the work dir are refused."""
         rel = path[len(_SANDBOX_WORK_DIR) + 1 :] if path.startswith(_SANDBOX_WORK_DIR + "/") else path
-        root = self.work_dir.resolve()
-        target = (root / rel).resolve()
-        if target != root and root not in target.parents:
+        parts = [p for p in Path(rel).parts if p not in ("", ".")]
+        if not parts or Path(rel).is_absolute() or ".." in parts:
             raise UsageError(f"{path!r} is not inside the interpreter's work dir")
-        if target != (root / rel).absolute() and Path(os.path.normpath(root / rel)) != target:
-            raise UsageError(f"{path!r} goes through a symlink; only regular files can be read")
+        # Walk one component at a time from the work dir, never following a symlink: the sandbox can
+        # rename and relink its files while we look, so a check of the resolved path beforehand would race.
+        dir_fd = os.open(self.work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError as e:
-            raise UsageError(f"no file {path!r} in the interpreter's work dir") from e
-        except OSError as e:
-            raise UsageError(f"cannot read {path!r} from the interpreter's work dir: {e}") from e
+            for part in parts[:-1]:
+                try:
+                    next_fd = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                    )
+                except FileNotFoundError as e:
+                    raise UsageError(f"no file {path!r} in the interpreter's work dir") from e
+                except OSError as e:
+                    raise UsageError(f"{path!r} goes through a symlink or a non-directory: {e}") from e
+                os.close(dir_fd)
+                dir_fd = next_fd
+            try:
+                fd = _open_regular(parts[-1], dir_fd=dir_fd)
+            except FileNotFoundError as e:
+                raise UsageError(f"no file {path!r} in the interpreter's work dir") from e
+            except OSError as e:
+                raise UsageError(
+                    f"cannot read {path!r} from the interpreter's work dir (only regular files, "
+                    f"not symlinks, can be read): {e}"
+                ) from e
+        finally:
+            os.close(dir_fd)
         with os.fdopen(fd, "rb") as f:
             return f.read(max_bytes)
 

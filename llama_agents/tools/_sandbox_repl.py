@@ -20,6 +20,7 @@ not cap what the host reads (the host caps frames and output files itself).
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import linecache
@@ -121,6 +122,44 @@ def _drop_privileges(uid: int | None, gid: int | None) -> None:
     raise SystemExit("sandbox: could not drop root privileges")
 
 
+# keyctl(2) by machine: the sandbox inherits our session keyring, and whoever possesses a keyring
+# (any process in that session, whatever its uid) can read its keys.
+_KEYCTL_SYSCALL = {
+    "x86_64": 250,
+    "aarch64": 219,
+    "arm64": 219,
+    "riscv64": 219,
+    "loongarch64": 219,
+    "i386": 288,
+    "i686": 288,
+    "armv7l": 311,
+    "ppc64le": 311,
+    "ppc64": 311,
+    "s390x": 280,
+}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def _leave_session_keyring() -> None:
+    """Join a new anonymous session keyring, so that the host's session keys are no longer possessed.
+
+    Where keyctl is not allowed at all (ENOSYS, EPERM: a seccomp filter, as Docker's default), the
+    code cannot reach any keyring either and there is nothing to leave."""
+    import ctypes
+    import errno
+    import platform
+
+    nr = _KEYCTL_SYSCALL.get(platform.machine())
+    if nr is None:
+        raise SystemExit(f"sandbox: keyctl syscall number unknown on {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(nr, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EPERM):
+            raise SystemExit(f"sandbox: could not leave the host's session keyring: {os.strerror(err)}")
+
+
 def _set_limits(limits: dict[str, int]) -> None:
     table = {
         "address_space": resource.RLIMIT_AS,
@@ -194,8 +233,8 @@ class Repl:
         self.cell += 1
         filename = f"<cell {self.cell}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        out_fd = os.open(os.path.join(self.io_dir, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        err_fd = os.open(os.path.join(self.io_dir, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        out_fd = self._open_output("stdout")
+        err_fd = self._open_output("stderr")
         saved = (os.dup(1), os.dup(2), sys.stdout, sys.stderr)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
@@ -228,6 +267,13 @@ class Repl:
             "stderr_dropped": stderr.dropped,
         }
 
+    def _open_output(self, name: str) -> int:
+        """A fresh output file: the previous cell may have replaced it with a symlink or a FIFO."""
+        path = os.path.join(self.io_dir, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
     def _execute(self, code: str, filename: str) -> str | None:
         tree = ast.parse(code, filename, "exec")
         last: ast.expr | None = None
@@ -250,15 +296,18 @@ def main() -> None:
     config = json.loads(sys.argv[1])
     req_fd, resp_fd = int(config["request_fd"]), int(config["response_fd"])
     _drop_privileges(config.get("uid"), config.get("gid"))
+    _leave_session_keyring()
     _set_limits(config.get("limits", {}))
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-    os.close(devnull)
     os.chdir(config["work_dir"])
     sys.argv = [""]
     sys.path = [p for p in sys.path if p and os.path.abspath(p) != os.path.dirname(os.path.abspath(__file__))]
     repl = Repl(config)
     _write_frame(resp_fd, {"ready": True, "uid": os.getuid()})
+    # stderr was the host's start-up log file (read only until `ready`): keep no host file open in here.
+    os.dup2(devnull, 2)
+    os.close(devnull)
     while True:
         request = _read_frame(req_fd)
         if request is None:
