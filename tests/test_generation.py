@@ -56,6 +56,14 @@ def test_temperature_zero_is_argmax_and_uses_no_randomness():
     assert torch.equal(g.get_state(), state)
 
 
+@pytest.mark.parametrize("temperature", [1e-6, 1e-39, 5e-324])
+def test_a_tiny_positive_temperature_samples_the_argmax(temperature):
+    # logits / 1e-39 overflows float32 to inf (softmax NaN, multinomial raised): it must act as greedy
+    logits = torch.randn(3, 500, generator=_gen(9)) * 5
+    out = sample_next_token(logits, temperature=temperature, top_p=0.9, generator=_gen(1))
+    assert out.tolist() == logits.argmax(-1).tolist()
+
+
 def test_seeded_sampling_is_reproducible_and_seed_dependent():
     logits = torch.randn(4, 1000, generator=_gen(2))
     draws = [

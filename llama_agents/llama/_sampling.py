@@ -15,6 +15,11 @@ from ..errors import UsageError
 
 __all__ = ["check_sampling_params", "sample_next_token", "sample_top_p", "token_logprobs"]
 
+# Temperatures below this are sampled at this one: float32 logits divided by a smaller (allowed, positive)
+# temperature such as 1e-39 overflow to inf and the softmax to NaN. At 1e-30 the draw is already greedy
+# for any logits a model produces, so nothing but the crash changes.
+_MIN_TEMPERATURE = 1e-30
+
 
 def check_sampling_params(temperature: float, top_p: float) -> None:
     """Raise `UsageError` unless `temperature >= 0` and `0 < top_p <= 1` (both finite)."""
@@ -63,7 +68,7 @@ def sample_next_token(
     check_sampling_params(temperature, top_p)
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    probs = torch.softmax(logits.float() / max(float(temperature), _MIN_TEMPERATURE), dim=-1)
     return sample_top_p(probs, top_p, generator).reshape(-1)
 
 
