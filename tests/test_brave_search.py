@@ -97,6 +97,20 @@ def test_missing_key_raises_at_construction(monkeypatch: pytest.MonkeyPatch) -> 
         BraveSearch("k", top_k=0)
 
 
+@pytest.mark.parametrize("key", ["clé-ü", "key\nline", "two words", "tab\tkey"])
+def test_a_key_that_cannot_be_sent_raises_at_construction_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    # Was: a non-ASCII key failed each call as "UnicodeEncodeError" shown to the model, and a key with
+    # a newline was retried as "service down" with the key itself in the error result the model reads.
+    with pytest.raises(ToolConfigurationError, match="BRAVE_SEARCH_API_KEY") as raised:
+        BraveSearch(key)
+    assert key not in str(raised.value)
+    monkeypatch.setenv("BRAVE_SEARCH_API_KEY", f"  {key}  ")
+    with pytest.raises(ToolConfigurationError, match="printable ASCII"):
+        BraveSearch()
+
+
 def test_key_from_environment(monkeypatch: pytest.MonkeyPatch, server: ReplayServer) -> None:
     monkeypatch.setenv("BRAVE_SEARCH_API_KEY", "env-key")
     server.script(PATH, ok_reply())

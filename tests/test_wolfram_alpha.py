@@ -146,6 +146,12 @@ def test_missing_key_raises_at_construction(monkeypatch: pytest.MonkeyPatch, ser
     assert server.requests[0].query["appid"] == ["env-appid"]
 
 
+def test_a_key_that_cannot_be_sent_raises_at_construction() -> None:
+    with pytest.raises(ToolConfigurationError, match="WOLFRAM_ALPHA_API_KEY"):
+        WolframAlpha("APP ID\n")
+    assert WolframAlpha("  ABCDEF-1234\n")._api_key == "ABCDEF-1234"
+
+
 def test_default_timeouts_allow_slow_computations() -> None:
     settings = WolframAlpha("k")._client.settings
     assert settings.timeout == 30.0 and settings.total_timeout == 90.0

@@ -261,7 +261,16 @@ def resolve_api_key(api_key: str | None, *, env: str, service: str, signup_url: 
             f"{service} needs an API key and {given}. Set it with `export {env}=<your key>` or pass "
             f"api_key=... to the tool. Get a key at {signup_url}."
         )
-    return key.strip()
+    key = key.strip()
+    if not all("!" <= c <= "~" for c in key):
+        # Sent as a header or query value: a non-ASCII character fails every call, a newline or space
+        # is refused by the HTTP client with the key quoted in an error the model would read.
+        source = "api_key" if api_key is not None else f"${env}"
+        raise ToolConfigurationError(
+            f"{service}'s API key ({source}) must be printable ASCII with no spaces or line breaks inside; "
+            f"check that it was copied whole and alone. Set it with `export {env}=<your key>`."
+        )
+    return key
 
 
 def _describe(body: bytes, content_type: str) -> str:
