@@ -346,3 +346,21 @@ def test_make_checkpoint_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
     args, model, tok = load_model(tmp_path, progress=False)
     assert args == TINY and tok.n_words == TINY.vocab_size
     assert model.parameters().__next__().dtype == torch.float32
+
+
+def test_writing_over_another_checkpoint_refuses_instead_of_mixing_them(tmp_path):
+    # params.json left by a Meta write would make the directory load as the old Meta checkpoint, and a
+    # third shard left by an mp=3-like write would join the new shards: both loaded stale weights before.
+    d = write_random_checkpoint(tmp_path / "a", TINY, layout="meta", seed=1, dtype=torch.float32, mp=2)
+    with pytest.raises(CheckpointError, match=r"consolidated\.00\.pth.*params\.json.*empty directory"):
+        write_random_checkpoint(d, TINY, layout="hf", seed=2, dtype=torch.float32)
+    assert detect_layout(d) == "meta" and not (d / "config.json").exists()
+    with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth"):
+        write_random_checkpoint(d, TINY, layout="meta", seed=2, dtype=torch.float32, mp=1)
+    # the same layout and shard count is simply rewritten
+    write_random_checkpoint(d, TINY, layout="meta", seed=2, dtype=torch.float32, mp=2)
+    h = write_random_checkpoint(
+        tmp_path / "h", TINY, layout="hf", seed=1, dtype=torch.float32, max_shard_bytes=12_000_000
+    )
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json"):
+        write_random_checkpoint(h, TINY, layout="hf", seed=2, dtype=torch.float32)

@@ -464,6 +464,7 @@ def write_random_checkpoint(
             raise CheckpointError(f"mp={mp}: {e}") from e
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    _refuse_stale_files(out, layout, mp, max_shard_bytes)
     tensors = _random_tensors(args, seed, dtype)
     if layout == "meta":
         (out / "params.json").write_text(json.dumps(args.to_params(), indent=2) + "\n")
@@ -482,6 +483,29 @@ def write_random_checkpoint(
         shutil.copyfile(tokenizer_path, tok_dst)
     logger.info("wrote a random %s-layout checkpoint to %s", layout, out)
     return out
+
+
+def _refuse_stale_files(out: Path, layout: Layout, mp: int, max_shard_bytes: int | None) -> None:
+    """A `CheckpointError` when `out` holds checkpoint files this write would not replace.
+
+    They would decide what loads: a `params.json` left there makes the directory load as the old Meta
+    checkpoint (detect_layout prefers it), extra `consolidated.NN.pth` shards become part of the new
+    one, and a stale `model.safetensors.index.json` is read instead of a new `model.safetensors`.
+    """
+    if layout == "meta":
+        stale = [out / "config.json"] + [
+            p for p in out.glob("consolidated.*.pth") if p.name >= f"consolidated.{mp:02d}.pth"
+        ]
+    else:
+        stale = [out / "params.json", *out.glob("consolidated.*.pth")]
+        if max_shard_bytes is None:
+            stale.append(out / "model.safetensors.index.json")
+    found = sorted(p.name for p in stale if p.exists())
+    if found:
+        raise CheckpointError(
+            f"{out} already holds {', '.join(found)} from another checkpoint, which would be loaded with "
+            f"(or instead of) the new {layout}-layout weights; write into an empty directory"
+        )
 
 
 def _write_hf(
