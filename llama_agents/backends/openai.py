@@ -18,6 +18,7 @@ What it does not do: chat completions, server-side tool parsing, `n > 1`, or log
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,23 +29,49 @@ from llama_agents.errors import BackendError
 
 __all__ = ["OpenAIBackend", "VLLMBackend"]
 
+logger = logging.getLogger(__name__)
+
 
 class OpenAIBackend(RemoteBackend):
     """An OpenAI-compatible `/v1/completions` server, prompted with text.
 
     Takes `RemoteBackend`'s arguments, plus `strip_bos` (default True: leave the leading
-    `<|begin_of_text|>` for the server to add).
+    `<|begin_of_text|>` for the server to add) and `extra_body`: fields added to every request, for a
+    server's own sampling parameters (llama-cpp-python applies `repeat_penalty` 1.1, `top_k` 40 and
+    `min_p` 0.05 unless told otherwise: `{"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}` samples
+    as the Llama reference does).
     """
 
     engine = "openai"
     path = "/v1/completions"
 
-    def __init__(self, *args: Any, strip_bos: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, strip_bos: bool = True, extra_body: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.strip_bos = strip_bos
+        self.extra_body = dict(extra_body or {})
+        self._warned = False  # the special-token warning is logged once per backend
 
     def _prompt(self, prompt_tokens: list[int]) -> str | list[int]:
-        return self.prompt_text(prompt_tokens, strip_bos=self.strip_bos)
+        text = self.prompt_text(prompt_tokens, strip_bos=self.strip_bos)
+        sent = (
+            prompt_tokens[1:]
+            if self.strip_bos and prompt_tokens[:1] == [self.tokenizer.bos_id]
+            else prompt_tokens
+        )
+        if not self._warned and self.tokenizer.encode(text, allowed_special="all") != sent:
+            # Servers tokenize a text prompt with special tokens parsed (llama-cpp-python, TGI): text
+            # such as a tool result that spells "<|eot_id|>" becomes that control token there.
+            self._warned = True
+            logger.warning(
+                "%s server at %s: the prompt text spells a special token (e.g. '<|eot_id|>') inside a "
+                "message, which this server will read as the token itself, not as text; use an engine "
+                "that takes token ids (vllm+, llamacpp+) to keep it plain",
+                self.engine,
+                self.base_url,
+            )
+        return text
 
     def _request(
         self, prompt_tokens: list[int], max_tokens: int, temperature: float, top_p: float
@@ -59,6 +86,7 @@ class OpenAIBackend(RemoteBackend):
         }
         if self.model is not None:
             body["model"] = self.model
+        body.update(self.extra_body)
         return self.path, body
 
     def _events(self, response: httpx.Response, end: StreamEnd) -> Iterator[str]:
