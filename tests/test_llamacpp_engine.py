@@ -239,13 +239,12 @@ def test_server_tokenizes_our_prompt_text_into_our_ids(remote, noise_server, tok
     assert usage["prompt_tokens"] == len(ids)
 
 
-def test_greedy_tokens_equal_the_local_backend(remote, noise_local, tokenizer):
+def test_greedy_tokens_equal_the_local_backend(noise_server, noise_local, tokenizer):
     """Greedy through the server equals greedy in-process, once llama-cpp-python's own sampling
     defaults (repeat_penalty 1.1, top_k 40, min_p 0.05) are turned off with `extra_body`: with them,
     the first prompt's reply leaves ours where ours repeats a token."""
-    neutral = OpenAIBackend(
-        remote.base_url, tokenizer, model=remote.model, extra_body=LLAMA_CPP_PYTHON_NEUTRAL
-    )
+    neutral = connect(noise_server.url + "/v1", tokenizer=tokenizer, extra_body=LLAMA_CPP_PYTHON_NEUTRAL)
+    assert neutral.extra_body == LLAMA_CPP_PYTHON_NEUTRAL
     for text in ("What is 2+2?", "Write a haiku about llamas."):
         ids = _prompt(tokenizer, text)
         ours = list(noise_local.complete(ids, max_tokens=16, **GREEDY))
@@ -291,9 +290,10 @@ def test_too_long_prompt(remote, tokenizer):
     ):
         list(backend.complete(ids, max_tokens=4, **GREEDY))
     with (
-        OpenAIBackend(remote.base_url, tokenizer, model=remote.model, max_seq_len=N_CTX) as backend,
+        connect(remote.base_url, tokenizer=tokenizer, max_seq_len=N_CTX) as backend,
         pytest.raises(PromptTooLongError, match="max_seq_len"),
     ):
+        assert backend.max_seq_len == N_CTX  # given, since this server reports none
         backend.complete(ids, max_tokens=4, **GREEDY)
 
 

@@ -263,3 +263,18 @@ def test_agent_scenarios_through_a_remote_engine(name, kind, tokenizer, monkeypa
     finally:
         for server in servers:
             server.__exit__(None, None, None)
+
+
+def test_connect_passes_max_seq_len_and_extra_body(tokenizer):
+    with engine("vllm", tokenizer, models=["m"], max_model_len=4096) as server:
+        backend = connect(f"{server.url}#m", tokenizer=tokenizer, max_seq_len=1024, extra_body={"seed": 7})
+        assert backend.max_seq_len == 1024  # the caller's value wins over the server's 4096
+        assert backend.extra_body == {"seed": 7}
+        assert connect(f"{server.url}#m", tokenizer=tokenizer).max_seq_len == 4096
+        with pytest.raises(UsageError, match="positive int"):
+            connect(f"{server.url}#m", tokenizer=tokenizer, max_seq_len=0)
+    with (
+        engine("ollama", tokenizer) as server,
+        pytest.raises(UsageError, match="extra_body is for OpenAI"),
+    ):
+        connect(f"{server.url}#llama3.1:8b", tokenizer=tokenizer, extra_body={"seed": 7})

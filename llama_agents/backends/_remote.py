@@ -8,11 +8,11 @@ into token ids with our tokenizer, special tokens allowed (it is model output, n
 reports (or stripped) is put back at the end, so the stop reason survives the round trip.
 
 Failures: connection errors, timeouts before the first byte, 429, 502, 503 and 504 are retried with
-exponential backoff and full jitter (honouring `Retry-After`, in seconds or as an HTTP date) while nothing has been
-yielded; once a token has been yielded a failure is never retried (the caller already has part of
-the reply) and raises `BackendError` saying the reply was cut off. Bad credentials, a model the
-server does not serve, or a bad request raise `UsageError`; a prompt the server says is too long
-raises `PromptTooLongError` (the agent stops the run cleanly).
+exponential backoff and full jitter (honouring `Retry-After`, in seconds or as an HTTP date) while
+nothing has been yielded; once a token has been yielded a failure is never retried (the caller
+already has part of the reply) and raises `BackendError` saying the reply was cut off. Bad
+credentials, a model the server does not serve, or a bad request raise `UsageError`; a prompt the
+server says is too long raises `PromptTooLongError` (the agent stops the run cleanly).
 
 Concurrency: one `httpx.Client` (thread-safe, pooled) is shared by every call, so several agents in
 threads can drive one backend. `last_stats` is the statistics of the last call that finished.

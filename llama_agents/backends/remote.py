@@ -90,11 +90,17 @@ def connect(
     settings: RemoteSettings | None = None,
     probe: bool = True,
     transport: httpx.BaseTransport | None = None,
+    max_seq_len: int | None = None,
+    extra_body: dict[str, Any] | None = None,
 ) -> RemoteBackend:
     """A backend for the model server at `url` (see the module docstring for how it is read).
 
     `engine` names the engine (overrides the scheme). `probe=False` asks the server nothing before
     the first completion (the engine must then be named, and the model too where it needs one).
+    `max_seq_len` is the model's context, for servers that do not report it (a prompt that does not
+    fit then fails before it is sent); it wins over what the server reports. `extra_body` adds
+    fields to every request of an OpenAI-compatible engine (`openai`, `vllm`), e.g. to turn off a
+    server's own sampling defaults.
     """
     kind, root, url_model = parse_url(url)
     if engine is not None:
@@ -105,15 +111,22 @@ def connect(
     tok = _tokenizer(tokenizer)
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     settings = settings or RemoteSettings()
-    max_seq_len: int | None = None
+    if max_seq_len is not None and not (isinstance(max_seq_len, int) and max_seq_len > 0):
+        raise UsageError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
     if probe:
-        kind, served, max_seq_len = _probe(root, kind, api_key, settings, transport)
+        kind, served, reported = _probe(root, kind, api_key, settings, transport)
         model = _pick_model(root, kind, model, served)
+        max_seq_len = max_seq_len or reported
     elif kind is None:
         raise UsageError(f"probe=False needs the engine named: write e.g. vllm+{root}")
     if kind in ("ollama", "vllm") and not model:
         raise UsageError(f"the {kind} server at {root} needs a model name: add #name to the URL or model=")
     cls = ENGINES[kind]
+    options: dict[str, Any] = {}
+    if extra_body:
+        if not issubclass(cls, OpenAIBackend):
+            raise UsageError(f"extra_body is for OpenAI-compatible engines (openai, vllm), not {kind}")
+        options["extra_body"] = extra_body
     return cls(
         root,
         tok,
@@ -122,6 +135,7 @@ def connect(
         settings=settings,
         max_seq_len=max_seq_len,
         transport=transport,
+        **options,
     )
 
 
