@@ -80,9 +80,11 @@ class Step(BaseModel):
 class AgentResult(BaseModel):
     """The outcome of one `Agent.run`.
 
-    `answer` is the final message's text (the partial text when a reply was cut off, "" when the
-    run stopped while the model was still calling tools). `detail` explains a stop in words.
-    `messages` is the whole session transcript so far, system prompt included.
+    `answer` is the final message's text without leading whitespace, exactly what `stream()`'s text
+    deltas add up to (the partial text when a reply was cut off, "" when the run stopped while the
+    model was still calling tools); the transcript keeps the message as the model wrote it.
+    `detail` explains a stop in words. `messages` is the whole session transcript so far, system
+    prompt included.
     """
 
     answer: str

@@ -56,10 +56,11 @@ class AnswerTextStream:
         if message.tool_calls or message.role != "assistant":
             return ""
         shown = self.shown
-        if message.content.startswith(shown):
-            rest = message.content[len(shown) :]
+        answer = message.content.lstrip()  # as `AgentResult.answer`: without leading whitespace
+        if answer.startswith(shown):
+            rest = answer[len(shown) :]
         else:  # the decoded message differs (e.g. whitespace trimmed): show what was not shown yet
-            rest = self._text[self._shown :] if self._start is not None else message.content
+            rest = self._text[self._shown :] if self._start is not None else answer
         self._call = True
         return rest
 

@@ -334,11 +334,11 @@ class Agent:
             steps.append(step)
             yield StepFinished(step=step)
             if truncated:
-                stop, answer = cut_reason, message.content
+                stop, answer = cut_reason, message.content.lstrip()
                 detail = _limit_detail(cut_reason, len(prompt), max_seq_len, self.token_budget, limit)
                 break
             if not message.tool_calls:
-                stop, answer = RunStopReason.final_answer, message.content
+                stop, answer = RunStopReason.final_answer, message.content.lstrip()
                 break
         else:
             detail = f"the model was still calling tools after max_steps={self.max_steps} replies"

@@ -340,6 +340,18 @@ def test_stream_event_order_and_text(tokenizer):
     assert isinstance(events[2], StepFinished) and events[2].step.index == 1
 
 
+@pytest.mark.parametrize(
+    "reply", ["\n\nHello there.  ", " Hi", "\n", "Plain.", "  [not a call] but prose", '\n\n{"x": 1} is JSON']
+)
+def test_streamed_text_adds_up_to_the_answer(tokenizer, reply):
+    agent, _ = make_agent(tokenizer, [reply + "<|eot_id|>"], tools=())
+    events = list(agent.stream("hi"))
+    streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
+    result = events[-1].result
+    assert streamed == result.answer == reply.lstrip()
+    assert result.messages[-1].content == reply  # the transcript keeps what the model wrote
+
+
 def test_stream_never_shows_tool_call_syntax(tokenizer):
     replies = [
         '<function=add>{"a": 1, "b": 1}</function><|eot_id|>',
