@@ -209,30 +209,36 @@ def _agent(args: argparse.Namespace) -> Agent:
     if not model:
         raise UsageError(f"no model: pass --model /path/to/checkpoint or set {MODEL_ENV}")
     _check_numbers(args)
-    backend: Backend
-    if "://" in model:  # a model server (vLLM, Ollama, llama.cpp, OpenAI-compatible)
-        from llama_agents.backends.remote import connect
+    remote = "://" in model  # a model server (vLLM, Ollama, llama.cpp, OpenAI-compatible)
+    if not remote and not Path(model).is_dir():
+        raise UsageError(f"--model {model!r} is not a checkpoint directory or a server URL")
+    # Tools first, so a missing API key fails before a model is loaded; closed again if the rest fails.
+    tools = _tools(args)
+    try:
+        backend: Backend
+        if remote:
+            from llama_agents.backends.remote import connect
 
-        tools = _tools(args)
-        backend = connect(model, tokenizer=args.tokenizer)
-    else:
-        if not Path(model).is_dir():
-            raise UsageError(f"--model {model!r} is not a checkpoint directory or a server URL")
-        tools = _tools(args)
-        from llama_agents.backends.local import LocalBackend  # imports torch: only when a model runs
+            backend = connect(model, tokenizer=args.tokenizer)
+        else:
+            from llama_agents.backends.local import LocalBackend  # imports torch: only when a model runs
 
-        backend = LocalBackend.from_checkpoint(model, seed=args.seed, max_seq_len=args.max_seq_len)
-    return Agent(
-        backend,
-        tools,
-        instructions=args.instructions,
-        tool_prompt_format=args.tool_format,
-        max_steps=args.max_steps,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_tokens=args.max_tokens,
-        date=_date(args),
-    )
+            backend = LocalBackend.from_checkpoint(model, seed=args.seed, max_seq_len=args.max_seq_len)
+        return Agent(
+            backend,
+            tools,
+            instructions=args.instructions,
+            tool_prompt_format=args.tool_format,
+            max_steps=args.max_steps,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            date=_date(args),
+        )
+    except BaseException:
+        for t in tools:
+            t.close()
+        raise
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -204,3 +204,34 @@ def test_chat_keeps_the_conversation_until_reset(tiny_checkpoint, capsys, monkey
     assert questions[2] == ["third question"]  # /reset started a new one
     assert results[1]["messages"][: len(results[0]["messages"])] == results[0]["messages"]
     assert "(new conversation)" in out.err
+
+
+def test_tools_are_closed_when_the_model_cannot_be_reached(tmp_path, capsys, monkeypatch, tokenizer_path):
+    from http_replay import unused_port_url
+
+    marker = tmp_path / "closed"
+    module = tmp_path / "closing_tools.py"
+    module.write_text(
+        textwrap.dedent(
+            f"""
+            from llama_agents.tools import Tool, ToolResult
+
+            class Closing(Tool):
+                name = "closing"
+                description = "records that it was closed"
+
+                async def run(self, arguments):
+                    return ToolResult(content="ok")
+
+                def close(self):
+                    open({str(marker)!r}, "w").close()
+
+            CLOSING = Closing()
+            """
+        )
+    )
+    monkeypatch.setenv("LLAMA_AGENTS_TOKENIZER", str(tokenizer_path))
+    argv = ["run", "hi", "--model", "vllm+" + unused_port_url() + "#m", "--tools-module", str(module)]
+    assert main(argv) == 2
+    assert "llama-agents: error:" in capsys.readouterr().err
+    assert marker.exists()
