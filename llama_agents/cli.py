@@ -101,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _chat(args)
     except LlamaAgentsError as e:
         print(f"llama-agents: error: {e}", file=sys.stderr)
+        if getattr(args, "json", False):  # machine-readable output stays machine-readable
+            print(json.dumps({"error": str(e), "type": type(e).__name__}))
         return 2
     except KeyboardInterrupt:
         return 130

@@ -235,3 +235,12 @@ def test_tools_are_closed_when_the_model_cannot_be_reached(tmp_path, capsys, mon
     assert main(argv) == 2
     assert "llama-agents: error:" in capsys.readouterr().err
     assert marker.exists()
+
+
+def test_an_error_under_json_is_printed_as_json(capsys, monkeypatch):
+    monkeypatch.delenv("LLAMA_AGENTS_MODEL", raising=False)
+    assert main(["run", "hi", "--json"]) == 2
+    out = capsys.readouterr()
+    error = json.loads(out.out)
+    assert error["type"] == "UsageError" and "LLAMA_AGENTS_MODEL" in error["error"]
+    assert "llama-agents: error:" in out.err
