@@ -412,10 +412,11 @@ class Agent:
     ) -> AsyncIterator[ToolRun]:
         """Run a reply's calls concurrently; yield their results in call order.
 
-        `seen` holds the calls whose results are still current (key -> step): a call equal to one
-        of them is answered with a notice instead of running again. A result stops being current
-        once any tool runs after it (that tool may have changed what the call would return), and a
-        call that failed never is (trying it again is how the model recovers from a timeout).
+        `seen` holds the calls whose results are still current (key -> step): a call equal to one of
+        them is answered with a notice instead of running again, unless its tool is `repeatable`. A
+        result stops being current once any tool runs after it (that tool may have changed what the
+        call would return), and a call that failed never is (trying it again is how the model
+        recovers from a timeout).
         """
         pending: list[asyncio.Future[ToolRun]] = []
         keys: list[str | None] = []  # the key of each call that runs, None for the others
@@ -423,7 +424,8 @@ class Agent:
         for call in calls:
             key = json.dumps([call.name, call.arguments], sort_keys=True, default=str)
             keys.append(None)
-            earlier = seen.get(key, this_step.get(key))
+            found = self._tools_by_name.get(call.name)
+            earlier = None if found is not None and found.repeatable else seen.get(key, this_step.get(key))
             if earlier is not None:
                 notice = (
                     f"Notice: {call.name} was already called with exactly these arguments in step "
@@ -432,7 +434,6 @@ class Agent:
                 )
                 pending.append(_done(ToolRun(call=call, content=notice, is_error=True, repeated=True)))
                 continue
-            found = self._tools_by_name.get(call.name)
             if found is None:
                 names = ", ".join(sorted(self._tools_by_name)) or "none"
                 content = f"Error: there is no tool named {call.name!r}. Available tools: {names}."

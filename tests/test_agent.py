@@ -179,6 +179,24 @@ def test_a_repeated_call_is_answered_with_a_notice_not_run_again(tokenizer):
     assert second.repeated and "already called" in second.content and "step 1" in second.content
 
 
+def test_a_repeatable_tool_runs_every_time_it_is_called(tokenizer):
+    rolls = iter([3, 5, 1])
+
+    @tool(repeatable=True)
+    def roll_die() -> int:
+        """Roll a six-sided die."""
+        return next(rolls)
+
+    roll = json_call("roll_die")
+    agent, _ = make_agent(tokenizer, [roll, roll, "3 then 5<|eot_id|>"], tools=[roll_die])
+    result = agent.run("roll twice")
+    assert roll_die.repeatable
+    assert [(r.content, r.repeated, r.is_error) for r in result.tool_runs] == [
+        ("3", False, False),
+        ("5", False, False),
+    ]
+
+
 def test_a_call_repeated_after_another_call_changed_the_world_runs_again(tokenizer):
     items: list[str] = []
 

@@ -562,3 +562,18 @@ def test_tool_subclass_without_run_reports_an_error_result() -> None:
     with Empty() as empty:
         result = empty.call({})
     assert result.is_error and "NotImplementedError" in result.content and "must implement" in result.content
+
+
+def test_tools_are_not_repeatable_unless_declared():
+    @tool
+    def plain(x: int) -> int:
+        """Plain."""
+        return x
+
+    @tool(repeatable=True, name="dice")
+    def roll() -> int:
+        """Roll."""
+        return 4
+
+    assert plain.repeatable is False and Tool.repeatable is False
+    assert roll.repeatable is True and roll.name == "dice"

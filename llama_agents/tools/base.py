@@ -70,12 +70,16 @@ class Tool:
     through, a `str` becomes the content, anything else is JSON-serialised. Raise `ModelRetry`
     to send the model a message to act on; any other exception becomes an error result too.
     Override `reset` (new conversation) and `close` (release resources) when the tool holds state.
+    Set `repeatable = True` for a tool whose result may differ for the same arguments (a clock, a
+    random draw, a counter): the agent then runs a repeated call again instead of answering it with
+    a notice that points to the earlier result.
     """
 
     name: str = ""
     description: str = ""
     parameters: dict[str, Any]
     builtin: BuiltinTool | None = None
+    repeatable: bool = False
     args_model: ClassVar[type[BaseModel] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -212,7 +216,14 @@ class FunctionTool(Tool):
     from `acall` (so they do not block the event loop) and directly from `call`.
     """
 
-    def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        repeatable: bool = False,
+    ):
         if not callable(fn):
             raise UsageError(f"@tool needs a function, got {type(fn).__name__}: {fn!r:.100}")
         if isinstance(fn, Tool):
@@ -231,6 +242,7 @@ class FunctionTool(Tool):
         summary, param_docs = _parse_docstring(inspect.getdoc(fn))
         self.fn = fn
         self.name = tool_name
+        self.repeatable = repeatable
         self.description = description if description is not None else summary
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an async callable object
@@ -280,21 +292,33 @@ class FunctionTool(Tool):
 
 @overload
 def tool(
-    fn: Callable[..., Any], *, name: str | None = None, description: str | None = None
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    repeatable: bool = False,
 ) -> FunctionTool: ...
 @overload
 def tool(
-    fn: None = None, *, name: str | None = None, description: str | None = None
+    fn: None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    repeatable: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 def tool(
-    fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    repeatable: bool = False,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
-    """Make a Tool of a typed function: `@tool` or `@tool(name=..., description=...)`.
+    """Make a Tool of a typed function: `@tool` or `@tool(name=..., description=..., repeatable=...)`.
 
     The JSON schema comes from the type hints (str, int, float, bool, Literal, Enum, list[X],
     dict[str, X], X | None, pydantic models; a default makes a parameter optional), the description
     from the docstring's summary and each parameter's description from its `Args:` section.
     """
     if fn is None:
-        return lambda f: FunctionTool(f, name=name, description=description)
-    return FunctionTool(fn, name=name, description=description)
+        return lambda f: FunctionTool(f, name=name, description=description, repeatable=repeatable)
+    return FunctionTool(fn, name=name, description=description, repeatable=repeatable)
