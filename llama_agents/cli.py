@@ -319,8 +319,9 @@ def _tokenizer_path(args: argparse.Namespace) -> Path:
     if args.tokenizer:
         return Path(args.tokenizer)
     model = args.model or os.environ.get(MODEL_ENV)
-    if model and (Path(model) / "tokenizer.model").is_file():
-        return Path(model) / "tokenizer.model"
+    for candidate in ("tokenizer.model", "original/tokenizer.model"):  # Meta, then HF layout
+        if model and (Path(model) / candidate).is_file():
+            return Path(model) / candidate
     try:
         import llama_models
     except ImportError:

@@ -244,3 +244,20 @@ def test_an_error_under_json_is_printed_as_json(capsys, monkeypatch):
     error = json.loads(out.out)
     assert error["type"] == "UsageError" and "LLAMA_AGENTS_MODEL" in error["error"]
     assert "llama-agents: error:" in out.err
+
+
+def test_the_tokenizer_of_a_hugging_face_checkpoint_is_found(tmp_path, capsys, tokenizer_path):
+    import argparse
+    import shutil
+
+    from llama_agents.cli import _tokenizer_path
+
+    (tmp_path / "original").mkdir()
+    shutil.copy(tokenizer_path, tmp_path / "original" / "tokenizer.model")
+    (tmp_path / "config.json").write_text("{}")
+    found = _tokenizer_path(argparse.Namespace(tokenizer=None, model=str(tmp_path)))
+    assert found == tmp_path / "original" / "tokenizer.model"  # not llama-models' copy
+    assert main(["prompt-format", "hi", "--model", str(tmp_path), "--json", "--date", "2024-09-21"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"].endswith(
+        "hi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
