@@ -8,7 +8,8 @@
   (special tokens included), with no model loaded: the debugging view.
 
 This is the user interface, so it prints; everything it runs lives in the library. It does not
-download checkpoints: `--model` (or `$LLAMA_AGENTS_MODEL`) names a local checkpoint directory.
+download checkpoints: `--model` (or `$LLAMA_AGENTS_MODEL`) names a local checkpoint directory or a
+model server URL.
 """
 
 from __future__ import annotations
