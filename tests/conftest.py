@@ -1,10 +1,20 @@
-"""Shared fixtures: the real Llama 3 tokenizer (shipped in the llama-models package)."""
+"""Shared fixtures: the real Llama 3 tokenizer (shipped in the llama-models package).
+
+Under CI (`CI` set, as `.ci/run` runs), hypothesis draws the same examples on every run
+(`derandomize`), so a landing never hangs on a new random draw; locally each run explores anew.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def llama3_tokenizer_path() -> Path:
